@@ -1,0 +1,80 @@
+# batman: thin wrappers around the `batman` CLI (python -m batman <command>). `make help` lists targets.
+PYTHON        ?= python3
+VENV          ?= .venv
+BATMAN        := $(VENV)/bin/python -m batman
+dataset_path  ?= data/DRV
+result_path   ?= result
+model         ?=
+parts         ?= raw
+url_base      ?= https://storage.googleapis.com/isl-datasets/DRV
+NPROC         ?= 1
+NNODES        ?= 1
+RDZV          ?= localhost:29500
+PYTEST_ARGS   ?=
+SET           ?=
+
+MODEL_ARG := $(if $(model),--model $(model),)
+SET_ARG   := $(if $(SET),--set $(SET),)
+ifeq ($(NPROC)$(NNODES),11)
+TRAIN := $(BATMAN) train
+else
+TRAIN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --rdzv-backend=c10d --rdzv-endpoint=$(RDZV) -m batman train
+endif
+
+.PHONY: help install test test_all demo synth download_dataset prepare train_titan train_1080ti train_1080 \
+        train_cpu evaluate export_video bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z_0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@echo "variables: dataset_path=$(dataset_path) result_path=$(result_path) model=$(model) NPROC=$(NPROC) SET='k=v ...'"
+
+install: $(VENV)/.installed  ## create .venv with the pinned requirements and the package (idempotent)
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+test: install  ## run the CPU test suite (slow and GPU tests skipped)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test_all: install  ## run every test, slow ones included
+	$(VENV)/bin/python -m pytest -m "" $(PYTEST_ARGS)
+
+demo: install  ## synthetic dark raw video -> train -> evaluate -> export, into result/demo
+	$(BATMAN) demo --out $(result_path)/demo
+
+synth: install  ## write a small synthetic DRV-layout data set into dataset_path
+	$(BATMAN) synth --out $(dataset_path) --videos 8 --frames 16 --size 512x768 --dynamic 2
+
+download_dataset: install  ## download and extract DRV into dataset_path (parts=raw|preprocessed|all|long,short1,...)
+	$(BATMAN) download --root $(dataset_path) --parts $(parts) --url-base $(url_base)
+
+prepare: install  ## decode every raw frame once into a memory-mapped cache
+	$(BATMAN) prepare --root $(dataset_path)
+
+train_titan: install  ## train on a >21 GB GPU
+	$(TRAIN) --root $(dataset_path) --preset titan --resume auto $(SET_ARG)
+
+train_1080ti: install  ## train on a >8 GB GPU
+	$(TRAIN) --root $(dataset_path) --preset 1080ti --resume auto $(SET_ARG)
+
+train_1080: install  ## train on a >6 GB GPU
+	$(TRAIN) --root $(dataset_path) --preset 1080 --resume auto $(SET_ARG)
+
+train_cpu: install  ## train on the CPU (small crops)
+	$(TRAIN) --root $(dataset_path) --preset cpu --resume auto $(SET_ARG)
+
+evaluate: install  ## PSNR/SSIM/MABD table of a checkpoint and the baselines
+	$(BATMAN) evaluate --root $(dataset_path) $(MODEL_ARG) --out $(result_path)
+
+export_video: install  ## enhance videos into result_path/video/*.mp4 and result_path/frames/
+	$(BATMAN) export --root $(dataset_path) $(MODEL_ARG) --out $(result_path)
+
+bench: install  ## benchmarks: inference, export, data, memory, quality study
+	$(BATMAN) bench all --out $(result_path)/bench
+
+clean:  ## remove caches (keeps .venv, checkpoints and results)
+	rm -rf .pytest_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,5 @@
+import sys
+
+from batman.cli import main
+
+sys.exit(main())

@@ -1,0 +1,220 @@
+"""One raw file: read it with rawpy, pack its Bayer mosaic to canonical R, G1, G2, B, write DNGs.
+
+Canonical order whatever the sensor's CFA phase: G1 is the green in the red row, G2 the green in
+the blue row. Black and white levels always come from the file (no hard-coded white point).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from batman.config import BatmanError
+
+CANONICAL = ("R", "G1", "G2", "B")
+
+
+@dataclass
+class RawFrame:
+    """A Bayer frame. `bayer_u16` is the visible area (H, W); black/white in sensor units."""
+    path: str
+    bayer_u16: np.ndarray
+    pattern: str                     # 2x2 CFA letters row-major, e.g. "RGGB", "GRBG"
+    black: tuple[float, ...]         # per canonical channel R, G1, G2, B
+    white: float
+    exposure_s: float | None = None
+    make: str = ""
+    model: str = ""
+    wb: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # camera white balance multipliers R, G1, G2, B
+    cam_to_xyz: np.ndarray | None = field(default=None, repr=False)  # 3x3 when the file has one
+
+    @property
+    def height(self) -> int:
+        return int(self.bayer_u16.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.bayer_u16.shape[1])
+
+
+def canonical_offsets(pattern: str) -> list[tuple[int, int]]:
+    """(row, col) inside the 2x2 tile of R, G1, G2, B for a pattern such as 'GRBG'."""
+    pattern = pattern.upper()
+    if sorted(pattern) != ["B", "G", "G", "R"]:
+        raise ValueError(f"not a Bayer pattern: {pattern!r}")
+    pos = {c: (i // 2, i % 2) for i, c in enumerate(pattern) if c != "G"}
+    r_row, b_row = pos["R"][0], pos["B"][0]
+    g1 = (r_row, 1 - pos["R"][1])
+    g2 = (b_row, 1 - pos["B"][1])
+    return [pos["R"], g1, g2, pos["B"]]
+
+
+def shift_pattern(pattern: str, rows: int, cols: int) -> str:
+    """The pattern seen after cropping `rows` rows and `cols` columns off the top-left."""
+    grid = [pattern[0:2], pattern[2:4]]
+    return "".join(grid[(r + rows) % 2][(c + cols) % 2] for r in range(2) for c in range(2))
+
+
+def _pattern_letters(raw_pattern: np.ndarray, color_desc: bytes) -> str:
+    desc = color_desc.decode("ascii", "replace")
+    return "".join("G" if desc[i] == "G" else desc[i] for i in raw_pattern.flatten())
+
+
+def _bayer_problem(rp) -> str | None:
+    """Why a rawpy object is not a 2x2 RGB Bayer raw, or None when it is one."""
+    import rawpy
+    if rp.raw_type != rawpy.RawType.Flat:
+        return f"raw_type {rp.raw_type.name}: not a single-plane colour filter array"
+    if rp.raw_pattern is None:
+        return "no colour filter pattern"
+    if rp.raw_pattern.shape != (2, 2):
+        return f"{rp.raw_pattern.shape[0]}x{rp.raw_pattern.shape[1]} colour filter (e.g. X-Trans), not 2x2 Bayer"
+    letters = _pattern_letters(rp.raw_pattern, rp.color_desc)
+    if sorted(letters) != ["B", "G", "G", "R"]:
+        return f"colour filter {letters} (colours {rp.color_desc.decode(errors='replace')}), not RGGB-type"
+    return None
+
+
+def _make_model(path: Path) -> tuple[str, str]:
+    """Make and model from the TIFF header (ARW, DNG, NEF are TIFF); empty when unreadable."""
+    try:
+        import tifffile
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages[0].tags
+            make = tags.get("Make")
+            model = tags.get("Model")
+            return (str(make.value).strip("\x00 ") if make else "",
+                    str(model.value).strip("\x00 ") if model else "")
+    except Exception:  # a header tifffile cannot parse (KDC, corrupt files): make/model stay unknown
+        return "", ""
+
+
+def read_raw(path: str | Path) -> RawFrame:
+    """Read a Bayer raw file. Raises BatmanError 'cannot read raw' or 'not a Bayer raw'."""
+    import rawpy
+    path = Path(path)
+    if not path.is_file():
+        raise BatmanError(f"cannot read raw: {path} (no such file)")
+    try:
+        with rawpy.imread(str(path)) as rp:
+            problem = _bayer_problem(rp)
+            if problem:
+                raise BatmanError(f"not a Bayer raw: {path} ({problem})")
+            pattern = _pattern_letters(rp.raw_pattern, rp.color_desc)
+            bayer = np.array(rp.raw_image_visible, dtype=np.uint16, copy=True)
+            by_index = list(rp.black_level_per_channel)
+            index_at = {(r, c): int(rp.raw_pattern[r, c]) for r in range(2) for c in range(2)}
+            offsets = canonical_offsets(pattern)
+            black = tuple(float(by_index[index_at[o]]) for o in offsets)
+            wb_raw = list(rp.camera_whitebalance)
+            wb = tuple(float(wb_raw[index_at[o]]) for o in offsets)
+            white = float(rp.white_level)
+            shutter = float(rp.other.shutter_speed)
+            xyz = np.array(rp.rgb_xyz_matrix[:3], dtype=np.float64)
+    except BatmanError:
+        raise
+    except Exception as e:  # rawpy.LibRawError and friends: unreadable, truncated, unsupported
+        raise BatmanError(f"cannot read raw: {path} ({type(e).__name__}: {e})".rstrip(": )") + ")") from None
+    if bayer.ndim != 2 or min(bayer.shape) < 2:
+        raise BatmanError(f"cannot read raw: {path} (mosaic of shape {bayer.shape})")
+    if not white > max(black):
+        raise BatmanError(f"cannot read raw: {path} (white level {white} not above black {max(black)})")
+    if wb[1] <= 0 or not all(np.isfinite(wb)) or min(wb) <= 0:
+        wb = (1.0, 1.0, 1.0, 1.0)
+    else:
+        wb = tuple(v / wb[1] for v in wb)
+    make, model = _make_model(path)
+    return RawFrame(path=str(path), bayer_u16=bayer, pattern=pattern, black=black, white=white,
+                    exposure_s=shutter if shutter > 0 else None, make=make, model=model, wb=wb,
+                    cam_to_xyz=xyz if np.abs(xyz).sum() > 0 else None)
+
+
+def raw_info(frame: RawFrame) -> dict:
+    """The facts `batman inspect` prints."""
+    return {"path": frame.path, "make": frame.make, "model": frame.model, "pattern": frame.pattern,
+            "black": list(frame.black), "white": frame.white, "height": frame.height,
+            "width": frame.width, "exposure_s": frame.exposure_s}
+
+
+def pack_bayer(frame: RawFrame) -> np.ndarray:
+    """(H, W) mosaic -> float32 (4, H//2, W//2) R, G1, G2, B, black-subtracted, / (white - black).
+
+    Odd trailing rows/columns are cropped. Values below black become slightly negative (kept:
+    clipping at 0 would bias the mean of dark noisy pixels); callers clip after applying the gain.
+    """
+    h, w = frame.height // 2 * 2, frame.width // 2 * 2
+    mosaic = frame.bayer_u16[:h, :w]
+    out = np.empty((4, h // 2, w // 2), dtype=np.float32)
+    for c, (dy, dx) in enumerate(canonical_offsets(frame.pattern)):
+        black = frame.black[c]
+        out[c] = (mosaic[dy::2, dx::2].astype(np.float32) - black) / (frame.white - black)
+    return out
+
+
+def unpack_bayer(packed: np.ndarray, pattern: str) -> np.ndarray:
+    """Inverse of pack_bayer's layout: (4, h, w) R, G1, G2, B -> (2h, 2w) mosaic in `pattern`."""
+    _, h, w = packed.shape
+    mosaic = np.empty((2 * h, 2 * w), dtype=packed.dtype)
+    for c, (dy, dx) in enumerate(canonical_offsets(pattern)):
+        mosaic[dy::2, dx::2] = packed[c]
+    return mosaic
+
+
+def bin2x2(packed: np.ndarray) -> np.ndarray:
+    """Average 2x2 blocks of each channel: (C, H, W) -> (C, H//2, W//2) (odd edges cropped)."""
+    c, h, w = packed.shape
+    h2, w2 = h // 2, w // 2
+    x = packed[:, : 2 * h2, : 2 * w2].reshape(c, h2, 2, w2, 2)
+    return x.mean(axis=(2, 4), dtype=np.float32)
+
+
+_CFA_CODE = {"R": 0, "G": 1, "B": 2}
+
+
+def write_dng(path: str | Path, bayer_u16: np.ndarray, pattern: str, black: float | tuple,
+              white: float, exposure_s: float, wb: tuple[float, float, float] | None = None,
+              color_matrix: np.ndarray | None = None, make: str = "batman", model: str = "synthetic") -> None:
+    """Write a CFA DNG that rawpy reads back bit-exact (tifffile; atomic).
+
+    black: one level or four per 2x2 tile position (row-major). wb: R, G, B multipliers, stored as
+    AsShotNeutral = 1/wb. color_matrix: XYZ -> camera 3x3 (DNG ColorMatrix1).
+    """
+    import tifffile
+    from fractions import Fraction
+
+    from batman.files import atomic_path
+
+    def rational(v: float) -> tuple[int, int]:
+        f = Fraction(v).limit_denominator(1_000_000)
+        return f.numerator, f.denominator
+
+    def rationals(values, signed=False) -> tuple:
+        out = []
+        for v in values:
+            n, d = rational(float(v))
+            out += [n, d]
+        return tuple(out)
+
+    blacks = (black,) * 4 if np.isscalar(black) else tuple(black)
+    extratags = [
+        (271, "s", 0, make, True),
+        (272, "s", 0, model, True),
+        (33421, "H", 2, (2, 2), True),                              # CFARepeatPatternDim
+        (33422, "B", 4, tuple(_CFA_CODE[c] for c in pattern.upper()), True),  # CFAPattern
+        (33434, "2I", 1, rational(exposure_s), True),               # ExposureTime
+        (50706, "B", 4, (1, 4, 0, 0), True),                        # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),                        # DNGBackwardVersion
+        (50708, "s", 0, f"{make} {model}", True),                   # UniqueCameraModel
+        (50713, "H", 2, (2, 2), True),                              # BlackLevelRepeatDim
+        (50714, "2I", 4, rationals(blacks), True),                  # BlackLevel
+        (50717, "I", 1, int(white), True),                          # WhiteLevel
+    ]
+    if wb is not None:
+        extratags.append((50728, "2I", 3, rationals([1.0 / v for v in wb]), True))  # AsShotNeutral
+    if color_matrix is not None:
+        extratags.append((50721, "2i", 9, rationals(np.asarray(color_matrix).flatten()), True))
+        extratags.append((50778, "H", 1, 21, True))                 # CalibrationIlluminant1 = D65
+    with atomic_path(path, suffix=".dng") as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(bayer_u16, dtype=np.uint16), photometric=32803,
+                         compression=None, subfiletype=0, extratags=extratags, metadata=None)
