@@ -63,8 +63,9 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
+    cfg = _config(args)
     from batman.train import train
-    train(_config(args), out=args.out, resume=args.resume)
+    train(cfg, out=args.out, resume=args.resume)
     return 0
 
 
@@ -90,8 +91,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
+    cfg = _config(args)
     from batman.model.net import describe_models
-    print(describe_models(_config(args)))
+    print(describe_models(cfg))
     return 0
 
 

@@ -5,6 +5,9 @@ the blue row. Black and white levels always come from the file (no hard-coded wh
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,14 +93,31 @@ def _make_model(path: Path) -> tuple[str, str]:
         return "", ""
 
 
+@contextmanager
+def _captured_stderr_fd(messages: list[str]):
+    """LibRaw prints problems ('Unexpected end of file') straight to fd 2: keep them for our error."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            messages += [line.split(": ")[-1] for line in text.splitlines() if line.strip()]
+
+
 def read_raw(path: str | Path) -> RawFrame:
     """Read a Bayer raw file. Raises BatmanError 'cannot read raw' or 'not a Bayer raw'."""
     import rawpy
     path = Path(path)
     if not path.is_file():
         raise BatmanError(f"cannot read raw: {path} (no such file)")
+    libraw_says: list[str] = []
     try:
-        with rawpy.imread(str(path)) as rp:
+        with _captured_stderr_fd(libraw_says), rawpy.imread(str(path)) as rp:
             problem = _bayer_problem(rp)
             if problem:
                 raise BatmanError(f"not a Bayer raw: {path} ({problem})")
@@ -115,7 +135,8 @@ def read_raw(path: str | Path) -> RawFrame:
     except BatmanError:
         raise
     except Exception as e:  # rawpy.LibRawError and friends: unreadable, truncated, unsupported
-        raise BatmanError(f"cannot read raw: {path} ({type(e).__name__}: {e})".rstrip(": )") + ")") from None
+        detail = "; ".join(libraw_says) or f"{type(e).__name__}: {e}"
+        raise BatmanError(f"cannot read raw: {path} ({detail})") from None
     if bayer.ndim != 2 or min(bayer.shape) < 2:
         raise BatmanError(f"cannot read raw: {path} (mosaic of shape {bayer.shape})")
     if not white > max(black):
