@@ -1,0 +1,295 @@
+"""A synthetic dark raw video data set in the DRV layout, from clean photos.
+
+Per video: a clean sRGB view on the packed grid -> unprocess (inverse tone, gamma, colour matrix,
+white balance) -> mosaic in a random Bayer phase -> darken by the exposure ratio -> sensor noise
+-> 14-bit DNG frames. The ground truth is the traditional pipeline applied to the clean packed
+raw binned 2x2 in linear space, so that a perfect denoiser + gain + traditional pipeline gets it.
+
+    short/<id>/0001.dng ...     noisy frames, ExposureTime = long exposure / ratio
+    long/<id>/half0001.png      16-bit sRGB ground truth, (H/4, W/4); dynamic videos: one per frame
+    long/<id>/long.dng          the clean long exposure (gain = its ExposureTime / a frame's)
+    long/<id>/synth.json        everything drawn at random for the video (flat: wb, cam_to_srgb, ...)
+    train_list.txt val_list.txt test_list.txt dynamic_list.txt
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from batman.config import BatmanError
+from batman.data.isp import cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline, unprocess
+from batman.data.noise import NoiseParams, add_sensor_noise, sample_noise_params
+from batman.data.raw import bin2x2, unpack_bayer, write_dng
+from batman.files import atomic_path, atomic_write_text
+
+# skimage's bundled colour photos (offline): name -> loader in skimage.data.
+SKIMAGE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+WHITE = 16383                           # 14-bit sensor
+BLACKS = (512, 600, 800, 1024)          # black levels of common 14-bit cameras
+FRAME_EXPOSURE_S = Fraction(1, 30)      # a video frame; the long exposure is ratio times longer
+SPEED_PX = (1.0, 3.0)                   # motion per frame on the packed grid (2x on the mosaic)
+
+
+@dataclass(frozen=True)
+class Camera:
+    """What is random about one video's camera: CFA phase, levels, colour, noise, exposure ratio."""
+    pattern: str
+    black: int
+    white: int
+    wb: np.ndarray           # R, G, B gains
+    xyz_to_cam: np.ndarray   # DNG ColorMatrix1
+    cam_to_srgb: np.ndarray
+    ratio: float             # long exposure / frame exposure, 2 decimals so EXIF holds it exactly
+    noise: NoiseParams | None
+
+    def to_dict(self) -> dict:
+        return {"pattern": self.pattern, "black": self.black, "white": self.white, "wb": self.wb.tolist(),
+                "xyz_to_cam": self.xyz_to_cam.tolist(), "cam_to_srgb": self.cam_to_srgb.tolist(),
+                "ratio": self.ratio, "noise": self.noise.to_dict() if self.noise else None,
+                "frame_exposure_s": float(FRAME_EXPOSURE_S), "long_exposure_s": float(self.long_exposure)}
+
+    @property
+    def long_exposure(self) -> Fraction:
+        return FRAME_EXPOSURE_S * Fraction(round(self.ratio * 100), 100)
+
+
+def sample_camera(rng: np.random.Generator, ratio: tuple[float, float], noise: bool) -> Camera:
+    """Draw a camera: ratio log-uniform in `ratio`, noise levels from the sensor profile.
+
+    Noise levels are drawn even when `noise` is off, so that a clean data set has the same
+    cameras and scenes as the noisy one of the same seed.
+    """
+    xyz_to_cam = sample_xyz_to_cam(rng)
+    camera = Camera(pattern=PATTERNS[rng.integers(len(PATTERNS))], black=BLACKS[rng.integers(len(BLACKS))],
+                    white=WHITE, wb=sample_wb(rng), xyz_to_cam=xyz_to_cam,
+                    cam_to_srgb=cam_to_srgb_from_xyz(xyz_to_cam),
+                    ratio=round(math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]))), 2),
+                    noise=sample_noise_params(rng))
+    return camera if noise else replace(camera, noise=None)
+
+
+# --- clean images -------------------------------------------------------------------------------
+
+def image_sources(folder: str | Path | None) -> list[str]:
+    """skimage's image names, or the sorted photo paths in `folder`."""
+    if folder is None:
+        return list(SKIMAGE_IMAGES)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BatmanError(f"no such image folder: {folder}")
+    paths = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise BatmanError(f"no images in {folder} (expected {', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def read_clean_image(source: str) -> np.ndarray:
+    """An skimage image name or a file path -> float32 sRGB (H, W, 3) in [0, 1]."""
+    if source in SKIMAGE_IMAGES:
+        import skimage.data
+        image = skimage.data.stereo_motorcycle()[0] if source == "motorcycle" else getattr(skimage.data, source)()
+    else:
+        import imageio.v3 as iio
+        try:
+            image = iio.imread(source, index=0)
+        except Exception as e:  # imageio raises many types for unreadable or unsupported files
+            raise BatmanError(f"cannot read image: {source} ({type(e).__name__}: {e})") from None
+    return to_rgb_float(image)
+
+
+def to_rgb_float(image: np.ndarray) -> np.ndarray:
+    """Any 8/16-bit or float, gray/RGB/RGBA array -> float32 (H, W, 3) in [0, 1]."""
+    if np.issubdtype(image.dtype, np.integer):
+        image = image.astype(np.float32) / np.iinfo(image.dtype).max
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    return np.clip(image, 0.0, 1.0)
+
+
+def random_view(image: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A random (h, w) view of `image`: scaled (up when it is too small), cropped, flipped."""
+    from skimage.transform import resize
+    h, w = shape
+    ih, iw = image.shape[:2]
+    fit = max(h / ih, w / iw)
+    scale = max(fit, rng.uniform(0.5, 1.0)) * rng.uniform(1.0, 1.25)
+    nh, nw = max(h, math.ceil(ih * scale)), max(w, math.ceil(iw * scale))
+    scaled = resize(image, (nh, nw), order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+    y, x = int(rng.integers(nh - h + 1)), int(rng.integers(nw - w + 1))
+    view = scaled[y:y + h, x:x + w]
+    flip_h, flip_v = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    view = view[::-1 if flip_v else 1, ::-1 if flip_h else 1]
+    return np.ascontiguousarray(view), {"scale": scale, "crop": [y, x, h, w], "flip_h": flip_h, "flip_v": flip_v}
+
+
+# --- scenes: one clean sRGB frame per time step -------------------------------------------------
+
+def static_scene(sources: list[str], shape: tuple[int, int], rng: np.random.Generator) -> tuple[list, dict]:
+    """One clean view (the frames of a static video share it)."""
+    name = sources[rng.integers(len(sources))]
+    view, info = random_view(read_clean_image(name), shape, rng)
+    return [view], {"image": _display_name(name), **info, "motion": None}
+
+
+def pan_scene(sources: list[str], shape: tuple[int, int], frames: int,
+              rng: np.random.Generator) -> tuple[list, dict]:
+    """A crop window sliding a few packed pixels per frame (even offsets on the mosaic)."""
+    h, w = shape
+    vy, vx = _velocity(rng)
+    ey, ex = math.ceil(abs(vy) * (frames - 1)), math.ceil(abs(vx) * (frames - 1))
+    name = sources[rng.integers(len(sources))]
+    canvas, info = random_view(read_clean_image(name), (h + ey, w + ex), rng)
+    y0, x0 = (ey if vy < 0 else 0), (ex if vx < 0 else 0)
+    offsets = [(y0 + round(vy * t), x0 + round(vx * t)) for t in range(frames)]
+    views = [canvas[y:y + h, x:x + w] for y, x in offsets]
+    return views, {"image": _display_name(name), **info,
+                   "motion": {"kind": "pan", "velocity_px": [vy, vx], "offsets_px": offsets}}
+
+
+def object_scene(sources: list[str], shape: tuple[int, int], frames: int,
+                 rng: np.random.Generator) -> tuple[list, dict]:
+    """A static background with an elliptical patch of another photo moving in a straight line."""
+    h, w = shape
+    back_name, obj_name = (sources[i] for i in rng.integers(len(sources), size=2))
+    background, info = random_view(read_clean_image(back_name), shape, rng)
+    ph, pw = max(2, h // 3), max(2, w // 3)
+    patch, _ = random_view(read_clean_image(obj_name), (ph, pw), rng)
+    yy, xx = np.mgrid[:ph, :pw]
+    inside = ((yy + 0.5 - ph / 2) / (ph / 2)) ** 2 + ((xx + 0.5 - pw / 2) / (pw / 2)) ** 2 <= 1.0
+    vy, vx = _velocity(rng)
+    travel_y, travel_x = round(abs(vy) * (frames - 1)), round(abs(vx) * (frames - 1))
+    y0 = int(rng.integers(max(1, h - ph - travel_y + 1))) + (travel_y if vy < 0 else 0)
+    x0 = int(rng.integers(max(1, w - pw - travel_x + 1))) + (travel_x if vx < 0 else 0)
+    positions = [(int(np.clip(y0 + round(vy * t), 0, h - ph)), int(np.clip(x0 + round(vx * t), 0, w - pw)))
+                 for t in range(frames)]
+    views = []
+    for y, x in positions:
+        frame = background.copy()
+        frame[y:y + ph, x:x + pw][inside] = patch[inside]
+        views.append(frame)
+    return views, {"image": _display_name(back_name), **info,
+                   "motion": {"kind": "object", "image": _display_name(obj_name), "size_px": [ph, pw],
+                              "velocity_px": [vy, vx], "positions_px": positions}}
+
+
+def _velocity(rng: np.random.Generator) -> tuple[float, float]:
+    speed, angle = rng.uniform(*SPEED_PX), rng.uniform(0, 2 * math.pi)
+    return round(speed * math.sin(angle), 3), round(speed * math.cos(angle), 3)
+
+
+def _display_name(source: str) -> str:
+    return source if source in SKIMAGE_IMAGES else Path(source).name
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+def ground_truth(packed: np.ndarray, camera: Camera) -> np.ndarray:
+    """The truth on DRV's grid: bin the clean packed raw 2x2 in linear space, then the pipeline."""
+    return traditional_pipeline(bin2x2(packed), camera.wb, camera.cam_to_srgb)
+
+
+def clean_mosaic_dn(packed: np.ndarray, camera: Camera, ratio: float) -> np.ndarray:
+    """Packed linear camera (4, h, w) in [0, 1] -> (2h, 2w) mosaic in DN, darkened by `ratio`."""
+    scale = np.float32((camera.white - camera.black) / ratio)
+    return unpack_bayer(packed, camera.pattern) * scale + np.float32(camera.black)
+
+
+def write_png16(path: str | Path, rgb: np.ndarray) -> None:
+    """(H, W, 3) float in [0, 1] -> 16-bit RGB PNG, atomic and byte-reproducible.
+
+    Written by hand because Pillow (behind imageio) cannot write 16-bit colour PNGs.
+    """
+    rgb16 = np.rint(np.clip(rgb, 0.0, 1.0) * 65535).astype(">u2")
+    h, w, _ = rgb16.shape
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb16.reshape(h, -1).view(np.uint8)], axis=1)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(png)
+
+
+def write_video(root: Path, vid: str, views: list[np.ndarray], frames: int, camera: Camera,
+                info: dict, rng: np.random.Generator) -> None:
+    """Write one video's short frames, ground truth(s), long exposure and synth.json."""
+    long_dir, short_dir = root / "long" / vid, root / "short" / vid
+    dng = {"pattern": camera.pattern, "black": camera.black, "white": camera.white,
+           "wb": tuple(camera.wb), "color_matrix": camera.xyz_to_cam}
+    packed = [unprocess(view, camera.wb, camera.cam_to_srgb) for view in views]
+    for i, p in enumerate(packed):
+        write_png16(long_dir / f"half{i + 1:04d}.png", ground_truth(p, camera))
+    long_u16 = add_sensor_noise(clean_mosaic_dn(packed[0], camera, 1.0), camera.black, camera.white, None, rng)
+    write_dng(long_dir / "long.dng", long_u16, exposure_s=float(camera.long_exposure), **dng)
+    for t in range(frames):
+        mosaic_dn = clean_mosaic_dn(packed[min(t, len(packed) - 1)], camera, camera.ratio)
+        frame = add_sensor_noise(mosaic_dn, camera.black, camera.white, camera.noise, rng)
+        write_dng(short_dir / f"{t + 1:04d}.dng", frame, exposure_s=float(FRAME_EXPOSURE_S), **dng)
+    meta = {"id": vid, "frames": frames, "size": [2 * views[0].shape[0], 2 * views[0].shape[1]],
+            **info, **camera.to_dict()}
+    atomic_write_text(long_dir / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def split_ids(ids: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Train / val / test about 4:1:1, test from 2 videos on and val from 3, train never empty."""
+    n = len(ids)
+    n_test = max(1, round(n / 6)) if n >= 2 else 0
+    n_val = max(1, round(n / 6)) if n >= 3 else 0
+    n_train = n - n_test - n_val
+    return ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
+
+
+def _check_args(videos: int, frames: int, size: tuple[int, int], seed: int, ratio: tuple[float, float]) -> None:
+    h, w = size
+    if videos < 0 or frames < 1:
+        raise BatmanError(f"synth: need --videos >= 0 and --frames >= 1, got {videos} and {frames}")
+    if h < 8 or w < 8 or h % 4 or w % 4:
+        raise BatmanError(f"synth: --size {h}x{w} must be multiples of 4, at least 8x8 (truth is H/4 x W/4)")
+    if seed < 0:
+        raise BatmanError(f"synth: --seed must be >= 0, got {seed}")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise BatmanError(f"synth: --ratio {ratio[0]} {ratio[1]} must satisfy 0 < LO <= HI")
+
+
+def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int], seed: int,
+               images: str | Path | None = None, dynamic: int = 0,
+               ratio: tuple[float, float] = (50.0, 300.0), noise: bool = True) -> None:
+    """Write `videos` static and `dynamic` moving videos of `frames` (H, W) = `size` Bayer frames.
+
+    The same seed gives byte-identical files; each video has its own seed stream, so adding
+    dynamic videos leaves the static ones unchanged. noise=False writes clean (only rounded) frames.
+    """
+    from tqdm import tqdm
+    _check_args(videos, frames, size, seed, ratio)
+    root = Path(out)
+    sources = image_sources(images)
+    shape = (size[0] // 2, size[1] // 2)  # the packed grid
+    static_ids = [f"{i + 1:04d}" for i in range(videos)]
+    dynamic_ids = [f"M{j:04d}" for j in range(dynamic)]
+    jobs = [(vid, 0, i) for i, vid in enumerate(static_ids)] + [(vid, 1, j) for j, vid in enumerate(dynamic_ids)]
+    for vid, moving, index in tqdm(jobs, desc="synth", unit="video", disable=None):
+        rng = np.random.default_rng([seed, moving, index])
+        camera = sample_camera(rng, ratio, noise)
+        if not moving:
+            views, info = static_scene(sources, shape, rng)
+        elif index % 2 == 0:
+            views, info = pan_scene(sources, shape, frames, rng)
+        else:
+            views, info = object_scene(sources, shape, frames, rng)
+        write_video(root, vid, views, frames, camera, info, rng)
+    for name, ids in zip(("train", "val", "test"), split_ids(static_ids)):
+        atomic_write_text(root / f"{name}_list.txt", "".join(f"{vid}\n" for vid in ids))
+    atomic_write_text(root / "dynamic_list.txt", "".join(f"{vid}\n" for vid in dynamic_ids))
