@@ -30,7 +30,7 @@ class RawFrame:
     make: str = ""
     model: str = ""
     wb: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # camera white balance multipliers R, G1, G2, B
-    cam_to_xyz: np.ndarray | None = field(default=None, repr=False)  # 3x3 when the file has one
+    cam_to_srgb: np.ndarray | None = field(default=None, repr=False)  # 3x3 camera RGB -> linear sRGB, when known
 
     @property
     def height(self) -> int:
@@ -109,6 +109,20 @@ def _captured_stderr_fd(messages: list[str]):
             messages += [line.split(": ")[-1] for line in text.splitlines() if line.strip()]
 
 
+def _camera_matrix(rp) -> np.ndarray | None:
+    """Camera RGB -> linear sRGB: LibRaw's color_matrix (filled for DNGs from ColorMatrix1), else
+    derived from rgb_xyz_matrix (XYZ -> camera, filled for most proprietary raws), else None."""
+    from batman.data.isp import cam_to_srgb_from_xyz
+
+    direct = np.array(rp.color_matrix, dtype=np.float64)[:3, :3]
+    if np.isfinite(direct).all() and np.abs(direct).sum() > 0:
+        return direct
+    xyz_to_cam = np.array(rp.rgb_xyz_matrix, dtype=np.float64)[:3]
+    if np.isfinite(xyz_to_cam).all() and np.abs(xyz_to_cam).sum() > 0:
+        return cam_to_srgb_from_xyz(xyz_to_cam)
+    return None
+
+
 def read_raw(path: str | Path) -> RawFrame:
     """Read a Bayer raw file. Raises BatmanError 'cannot read raw' or 'not a Bayer raw'."""
     import rawpy
@@ -128,10 +142,12 @@ def read_raw(path: str | Path) -> RawFrame:
             offsets = canonical_offsets(pattern)
             black = tuple(float(by_index[index_at[o]]) for o in offsets)
             wb_raw = list(rp.camera_whitebalance)
+            if wb_raw[3] == 0:  # dcraw convention: a zero fourth multiplier means "same as green"
+                wb_raw[3] = wb_raw[1]
             wb = tuple(float(wb_raw[index_at[o]]) for o in offsets)
             white = float(rp.white_level)
             shutter = float(rp.other.shutter_speed)
-            xyz = np.array(rp.rgb_xyz_matrix[:3], dtype=np.float64)
+            cam_to_srgb = _camera_matrix(rp)
     except BatmanError:
         raise
     except Exception as e:  # rawpy.LibRawError and friends: unreadable, truncated, unsupported
@@ -148,7 +164,7 @@ def read_raw(path: str | Path) -> RawFrame:
     make, model = _make_model(path)
     return RawFrame(path=str(path), bayer_u16=bayer, pattern=pattern, black=black, white=white,
                     exposure_s=shutter if shutter > 0 else None, make=make, model=model, wb=wb,
-                    cam_to_xyz=xyz if np.abs(xyz).sum() > 0 else None)
+                    cam_to_srgb=cam_to_srgb)
 
 
 def raw_info(frame: RawFrame) -> dict:
