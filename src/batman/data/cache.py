@@ -1,0 +1,457 @@
+"""Decode every raw frame once into memory-mapped .npy counts + a manifest (`batman prepare`).
+
+One canonical decode serves both paths: `decode_counts` gives the packed R, G1, G2, B mosaic summed
+over bin x bin blocks as exact integers, and `normalize` turns counts into float32. The cache stores
+the counts, so a clip read from the cache is bit-identical to one decoded from the raws.
+
+Layout: <cache>/manifest.json and <cache>/short/<id>/<frame name>.npy. Manifest keys are the source
+paths relative to the root (`short/<id>/<name>`), so a frame's entry is found from its path alone;
+an entry counts only while the source's size and mtime match. Every .npy and every manifest write is
+atomic, so a prepare killed at any point leaves a consistent cache and a rerun finishes the job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from batman.config import BatmanError
+from batman.data import drv
+from batman.files import atomic_path, atomic_write_text, format_bytes, free_bytes
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+DEFAULT_BIN = 2
+_FLUSH_FRAMES = 64   # rewrite the manifest after this many new frames ...
+_FLUSH_S = 10.0      # ... or this many seconds, so a killed prepare loses little work
+
+
+# --- the canonical decode -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FrameCounts:
+    """counts: (4, h, w) uint16 (uint32 when a sum exceeds 65535) R, G1, G2, B summed over bin x bin."""
+    counts: np.ndarray
+    black: tuple[float, ...]     # per canonical channel, sensor units
+    white: float
+    exposure_s: float | None
+    mosaic: tuple[int, int]      # visible mosaic (H, W) of the source
+
+
+def pack_counts(bayer_u16: np.ndarray, pattern: str) -> np.ndarray:
+    """(H, W) mosaic -> (4, H//2, W//2) uint16 R, G1, G2, B (odd edges cropped), values untouched."""
+    from batman.data.raw import canonical_offsets
+    h, w = bayer_u16.shape[0] // 2 * 2, bayer_u16.shape[1] // 2 * 2
+    return np.stack([bayer_u16[dy:h:2, dx:w:2] for dy, dx in canonical_offsets(pattern)])
+
+
+def bin_counts(packed: np.ndarray, bin: int) -> np.ndarray:
+    """Sum bin x bin blocks exactly; uint16 when every sum fits, else uint32 (odd edges cropped)."""
+    if bin == 1:
+        return np.ascontiguousarray(packed)
+    c, h, w = packed.shape
+    h, w = h // bin, w // bin
+    sums = np.zeros((c, h, w), dtype=np.uint32)
+    for dy in range(bin):  # bin^2 strided adds: 4x faster than a reshape-sum over the block axes
+        for dx in range(bin):
+            sums += packed[:, dy : h * bin : bin, dx : w * bin : bin]
+    return sums.astype(np.uint16) if sums.size == 0 or sums.max() <= 65535 else sums
+
+
+def decode_counts(path: str | Path, bin: int) -> FrameCounts:
+    """Read one raw file and bin its packed mosaic: the data the cache stores."""
+    from batman.data.raw import read_raw
+    frame = read_raw(path)
+    return FrameCounts(counts=bin_counts(pack_counts(frame.bayer_u16, frame.pattern), bin),
+                       black=tuple(frame.black), white=frame.white, exposure_s=frame.exposure_s,
+                       mosaic=(frame.height, frame.width))
+
+
+def normalize(counts: np.ndarray, black, white: float, bin: int) -> np.ndarray:
+    """counts (4, h, w) -> float32 (counts / bin^2 - black) / (white - black), below-black values kept.
+
+    Element-wise, so normalising a crop equals cropping the normalised frame bit for bit.
+    """
+    x = np.asarray(counts).astype(np.float32)  # exact: sums stay below 2**24
+    if bin > 1:
+        x /= np.float32(bin * bin)
+    black = np.asarray(black, dtype=np.float32).reshape(-1, 1, 1)
+    x -= black
+    x /= np.float32(white) - black
+    return x
+
+
+# --- reading a prepared cache ---------------------------------------------------------------
+
+def frame_key(path: str | Path) -> str:
+    """The manifest key of a frame: its path relative to the root, `short/<id>/<name>`."""
+    return "/".join(Path(path).parts[-3:])
+
+
+def _fresh(entry: dict | None, path: Path) -> bool:
+    """An entry still describes the source: same size and mtime."""
+    if entry is None:
+        return False
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BatmanError(f"no prepared cache at {folder} (no {MANIFEST}): run batman prepare") from None
+    except (ValueError, OSError) as e:
+        raise BatmanError(f"cannot read cache manifest {path} ({e}): delete it and rerun batman prepare") from None
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise BatmanError(f"cache manifest {path} has version {manifest.get('version')}, expected "
+                          f"{MANIFEST_VERSION}: rerun batman prepare")
+    return manifest
+
+
+class FrameCache:
+    """A prepared cache: manifest entries and memory-mapped counts, looked up by source path."""
+
+    def __init__(self, folder: str | Path, manifest: dict):
+        self.folder = Path(folder)
+        self.bin = int(manifest["bin"])
+        self.frames: dict = manifest.get("frames", {})
+        self.long: dict = manifest.get("long", {})
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "FrameCache":
+        return cls(folder, read_manifest(folder))
+
+    def entry(self, path: str | Path) -> dict | None:
+        """The frame's entry (status ok or bad) while it matches the source, else None."""
+        entry = self.frames.get(frame_key(path))
+        return entry if _fresh(entry, Path(path)) else None
+
+    def long_exposure(self, path: str | Path) -> float | None:
+        entry = self.long.get(frame_key(path))
+        return entry["exposure_s"] if _fresh(entry, Path(path)) else None
+
+    def counts(self, entry: dict) -> np.ndarray:
+        """The frame's counts as a read-only memory map (4, h, w)."""
+        path = self.folder / entry["npy"]
+        try:
+            counts = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise BatmanError(f"cannot read cached frame {path} ({e}): rerun batman prepare") from None
+        if list(counts.shape) != entry["shape"]:
+            raise BatmanError(f"cached frame {path} has shape {counts.shape}, manifest says "
+                              f"{entry['shape']}: rerun batman prepare")
+        return counts
+
+
+def find_cache(root: str | Path, cache: str | Path | None = None) -> Path | None:
+    """The cache to use: `cache` when given (it must be prepared), else <root>/cache when prepared, else None."""
+    if cache:
+        folder = Path(cache)
+        if not (folder / MANIFEST).is_file():
+            raise BatmanError(f"no prepared cache at {folder} (no {MANIFEST}): "
+                              f"run batman prepare --root {root} --cache {folder}")
+        return folder
+    folder = Path(root) / "cache"
+    return folder if (folder / MANIFEST).is_file() else None
+
+
+# --- prepare --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Task:
+    path: Path
+    key: str
+    size: int
+    mtime_ns: int
+
+
+def _cache_frame(src: str, dst: str, bin: int) -> dict:
+    """Worker: decode one frame and write its counts atomically; a corrupt frame comes back as bad."""
+    try:
+        frame = decode_counts(src, bin)
+    except BatmanError as e:
+        return {"status": "bad", "error": str(e)}
+    with atomic_path(dst, suffix=".npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, frame.counts)
+            f.flush()
+            os.fsync(f.fileno())  # a power cut must not leave a renamed but empty file
+    return {"status": "ok", "shape": list(frame.counts.shape), "dtype": frame.counts.dtype.name,
+            "black": list(frame.black), "white": frame.white, "exposure_s": frame.exposure_s,
+            "mosaic": list(frame.mosaic)}
+
+
+def _npy_intact(folder: Path, entry: dict) -> bool:
+    try:
+        counts = np.load(folder / entry["npy"], mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return list(counts.shape) == entry["shape"] and counts.dtype.name == entry["dtype"]
+
+
+def _reusable(entry: dict | None, path: Path, folder: Path, skip_bad: bool) -> bool:
+    """Skip a frame on a rerun: unchanged source and an intact .npy (or known bad, with skip_bad)."""
+    if not _fresh(entry, path):
+        return False
+    if entry["status"] == "bad":
+        return skip_bad
+    return _npy_intact(folder, entry)
+
+
+def _old_manifest(folder: Path, bin: int) -> dict:
+    """The previous manifest when it can be resumed from, else an empty one."""
+    empty = {"version": MANIFEST_VERSION, "bin": bin, "frames": {}, "long": {}}
+    if not (folder / MANIFEST).is_file():
+        return empty
+    try:
+        old = read_manifest(folder)
+    except BatmanError as e:
+        print(f"prepare: starting afresh ({e})")
+        return empty
+    if old.get("bin") != bin:
+        print(f"prepare: {folder} was prepared with bin={old.get('bin')}; re-decoding with bin={bin}")
+        return empty
+    return old
+
+
+def _frame_tasks(root: Path) -> list[_Task]:
+    tasks = []
+    for vid in drv.video_folders(root):
+        for path in drv.list_raw_files(root / "short" / vid):
+            st = path.stat()
+            tasks.append(_Task(path, path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return tasks
+
+
+def _long_entries(root: Path, old: dict, skip_bad: bool) -> dict:
+    """Exposure of each video's long raw (header only), reused while the file is unchanged."""
+    entries = {}
+    for vid in drv.video_folders(root):
+        path = drv.long_raw_path(root, vid)
+        if path is None:
+            continue
+        key = path.relative_to(root).as_posix()
+        if _fresh(old.get(key), path):
+            entries[key] = old[key]
+            continue
+        try:
+            exposure = drv.raw_header(path).exposure_s
+        except BatmanError as e:
+            if not skip_bad:
+                raise BatmanError(f"corrupt long exposure raw: {e}; rerun with --skip-bad to go on") from None
+            print(f"prepare: skipping {e}")
+            continue
+        st = path.stat()
+        entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "exposure_s": exposure}
+    return entries
+
+
+def _estimate_bytes(tasks: list[_Task], bin: int) -> int:
+    """Bytes the new .npy files need, from one header per video (uint32 where bin^2 * white > 65535)."""
+    per_video: dict[Path, int] = {}
+    total = 0
+    for task in tasks:
+        folder = task.path.parent
+        if folder not in per_video:
+            try:
+                header = drv.raw_header(task.path)
+            except BatmanError:
+                header = None  # a corrupt first frame; prepare reports it properly
+            if header is None:
+                per_video[folder] = 0
+            else:
+                (h, w), itemsize = header.size, 4 if bin * bin * header.white > 65535 else 2
+                per_video[folder] = 4 * (h // 2 // bin) * (w // 2 // bin) * itemsize + 128
+        total += per_video[folder]
+    return total
+
+
+def _run(tasks: list[_Task], folder: Path, bin: int, workers: int) -> Iterator[tuple[_Task, dict]]:
+    """(task, result) as frames finish: in this process for one worker, else a process pool."""
+    def dst(task):
+        return str(folder / (task.key + ".npy"))
+
+    if workers == 1:
+        for task in tasks:
+            yield task, _cache_frame(str(task.path), dst(task), bin)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_cache_frame, str(t.path), dst(t), bin): t for t in tasks}
+        try:
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    yield task, future.result()
+                except Exception as e:  # a worker died or could not write: name the frame
+                    raise BatmanError(f"prepare failed on {task.path} ({type(e).__name__}: {e})") from e
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Temp files a killed run left behind (atomic_path names them .<name>.<random>.tmp)."""
+    for tmp in folder.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, sort_keys=True))
+
+
+def prepare(root: str | Path, cache: str | Path | None = None, workers: int = 0, skip_bad: bool = False,
+            bin: int = DEFAULT_BIN) -> Path:
+    """Decode every frame under <root>/short once into <cache> (default <root>/cache); return the folder.
+
+    Checks free space first, runs `workers` processes (0: one per core), resumes where a previous run
+    stopped. A corrupt frame stops it with an error naming the file, or with `skip_bad` is listed as
+    bad and left out of the data set.
+    """
+    from tqdm import tqdm
+    root = Path(root)
+    folder = Path(cache) if cache else root / "cache"
+    workers = workers or os.cpu_count() or 1
+    old = _old_manifest(folder, bin)
+    tasks = _frame_tasks(root)
+    manifest = {"version": MANIFEST_VERSION, "bin": bin, "frames": {},
+                "long": _long_entries(root, old.get("long", {}), skip_bad)}
+    todo = []
+    for task in tasks:
+        entry = old["frames"].get(task.key)
+        if _reusable(entry, task.path, folder, skip_bad):
+            manifest["frames"][task.key] = entry
+        else:
+            todo.append(task)
+    need, free = _estimate_bytes(todo, bin), free_bytes(folder)
+    print(f"prepare: {len(todo)} of {len(tasks)} frames to decode into {folder} "
+          f"(about {format_bytes(need)} needed, {format_bytes(free)} free)")
+    if need > free:
+        raise BatmanError(f"not enough free space for the cache in {folder}: about {format_bytes(need)} "
+                          f"needed, {format_bytes(free)} free (free some, or pass --cache on another disk)")
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(folder)
+    try:
+        _decode_all(todo, folder, manifest, bin, workers, skip_bad, tqdm)
+    finally:
+        if manifest != old:
+            _write_manifest(folder, manifest)
+    n_bad = sum(e["status"] == "bad" for e in manifest["frames"].values())
+    left_out = f", {n_bad} bad frames left out" if n_bad else ""
+    print(f"prepare: {len(tasks) - n_bad} frames cached in {folder}{left_out}")
+    return folder
+
+
+def _decode_all(todo: list[_Task], folder: Path, manifest: dict, bin: int, workers: int, skip_bad: bool,
+                tqdm) -> None:
+    """Decode the frames, recording each in the manifest and rewriting it every so often."""
+    last_write, since_write = time.monotonic(), 0
+    with tqdm(total=len(todo), desc="prepare", unit="frame", disable=None) as bar:
+        for task, result in _run(todo, folder, bin, workers):
+            entry = {"size": task.size, "mtime_ns": task.mtime_ns, **result}
+            if result["status"] == "ok":
+                entry["npy"] = task.key + ".npy"
+            manifest["frames"][task.key] = entry
+            bar.update()
+            if result["status"] == "bad":
+                if not skip_bad:
+                    raise BatmanError(f"corrupt frame: {result['error']}; rerun with --skip-bad to leave it out")
+                bar.write(f"prepare: bad frame left out: {result['error']}")
+            since_write += 1
+            if since_write >= _FLUSH_FRAMES or time.monotonic() - last_write >= _FLUSH_S:
+                _write_manifest(folder, manifest)
+                last_write, since_write = time.monotonic(), 0
+
+
+# --- benchmark ------------------------------------------------------------------------------
+
+def _bench_tree(root: Path, size: tuple[int, int], videos: int, frames: int) -> None:
+    """A DRV-layout tree of random dark DNG frames at `size` (Bayer H, W) with blank 8-bit ground truth."""
+    import imageio.v3 as iio
+
+    from batman.data.raw import write_dng
+    rng = np.random.default_rng(0)
+    h, w = size
+    for v in range(videos):
+        vid = f"{v + 1:04d}"
+        for f in range(frames):
+            bayer = rng.integers(500, 900, size=(h, w), dtype=np.uint16)
+            write_dng(root / "short" / vid / f"{f + 1:05d}.dng", bayer, "RGGB", 512, 16383, 0.01)
+        write_dng(root / "long" / vid / "long.dng", np.full((32, 32), 4000, np.uint16), "RGGB", 512, 16383, 1.0)
+        iio.imwrite(root / "long" / vid / "half0001.png", np.zeros((h // 4, w // 4, 3), np.uint8))
+    (root / "train_list.txt").write_text("".join(f"{v + 1:04d}\n" for v in range(videos)))
+
+
+def _drop_page_cache(paths: list[Path]) -> None:
+    """Ask the kernel to forget these files' pages, so the next read comes from disk (Linux)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _clips_per_s(dataset, clips: int) -> float:
+    start = time.perf_counter()
+    for i in range(clips):
+        dataset[i]
+    return clips / (time.perf_counter() - start)
+
+
+def bench_data(root: str | Path | None = None, size: tuple[int, int] = (2048, 3072), clips: int = 8,
+               reps: int = 5, frames: int = 8, cache: str | Path | None = None) -> dict:
+    """Training clips/s read from the cache vs decoded from the raws, side by side on the same clips.
+
+    Without `root`, a synthetic set of 2 videos x `frames` DNG frames at `size` (Bayer) is written to a
+    temporary folder and prepared. Each repetition times both paths warm (files in the page cache) and
+    cold (pages dropped first); the medians are reported. The two paths' tensors are checked equal.
+    """
+    import torch
+
+    from batman.config import DataCfg
+    from batman.data.dataset import ClipDataset
+    with tempfile.TemporaryDirectory(prefix="batman-bench-data-") as tmp:
+        if root is None:
+            root = Path(tmp) / "drv"
+            _bench_tree(root, size, videos=2, frames=frames)
+            cache = prepare(root, cache=Path(tmp) / "cache")
+        root = Path(root)
+        cache = find_cache(root, cache)
+        if cache is None:
+            raise BatmanError(f"no prepared cache for {root}: run batman prepare --root {root} first")
+        videos = drv.load_split(root, "train", cache=cache)
+        cfg = DataCfg(root=str(root), frames=min(frames, min(len(v.frames) for v in videos)))
+        cached, decoded = ClipDataset(videos, cfg, cache=cache), ClipDataset(videos, cfg)
+        clips = min(clips, len(cached))
+        for i in range(clips):
+            if not torch.equal(cached[i]["input"], decoded[i]["input"]):
+                raise BatmanError(f"bench data: clip {i} differs between the cache and the raws")
+        files = [Path(p) for v in videos for p in v.frames] + sorted(Path(cache).rglob("*.npy"))
+        rates: dict[str, list[float]] = {k: [] for k in ("cache_warm", "decode_warm", "cache_cold", "decode_cold")}
+        for _ in range(reps):
+            for name, dataset in (("cache", cached), ("decode", decoded)):
+                rates[f"{name}_warm"].append(_clips_per_s(dataset, clips))
+                _drop_page_cache(files)
+                rates[f"{name}_cold"].append(_clips_per_s(dataset, clips))
+    result = {k: statistics.median(v) for k, v in rates.items()}
+    result.update(speedup_warm=result["cache_warm"] / result["decode_warm"],
+                  speedup_cold=result["cache_cold"] / result["decode_cold"],
+                  clips=clips, reps=reps, frames=cfg.frames, crop=list(cfg.crop), bin=cfg.bin, size=list(size))
+    print(f"bench data: {clips} clips of {cfg.frames} frames, crop {cfg.crop}, median of {reps}: "
+          f"cache {result['cache_warm']:.1f} clips/s vs decode {result['decode_warm']:.1f} "
+          f"({result['speedup_warm']:.1f}x) warm; cache {result['cache_cold']:.1f} vs decode "
+          f"{result['decode_cold']:.1f} ({result['speedup_cold']:.1f}x) cold")
+    return result
