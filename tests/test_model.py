@@ -1,0 +1,263 @@
+"""The networks: ConvLSTM equations, clip == frame-by-frame streaming, causality, sizes, norms,
+encoder weights, gradient checkpointing, channels_last, the registry. Tiny sizes, CPU."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models import resnet18
+from torchvision.ops import FrozenBatchNorm2d
+
+from batman.config import BatmanError, ModelCfg, make_config
+from batman.model.conv3d import CausalConv3d
+from batman.model.convlstm import ConvLSTM, ConvLSTMCell
+from batman.model.encoder import Encoder
+from batman.model.net import MODELS, build_model, describe_models, detach_state
+
+TINY = ModelCfg(hidden=16, fusion=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and spinning OpenMP workers slow a busy machine down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**kw) -> ModelCfg:
+    return replace(TINY, **kw)
+
+
+def clip(b=1, t=4, c=4, h=64, w=64, seed=0) -> torch.Tensor:
+    return torch.rand(b, t, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def run_steps(model, x, state=None):
+    outs = []
+    for t in range(x.shape[1]):
+        y, state = model.step(x[:, t], state)
+        outs.append(y)
+    return torch.stack(outs, 1), state
+
+
+# --- ConvLSTM -------------------------------------------------------------------------------
+
+def test_convlstm_cell_matches_the_equations():
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(3, 5, kernel=3)
+    x, h, c = torch.randn(2, 3, 7, 9), torch.randn(2, 5, 7, 9), torch.randn(2, 5, 7, 9)
+    w, b = cell.conv.weight.detach().clone(), cell.conv.bias.detach().clone()
+    gates = {}
+    for n, name in enumerate("ifog"):  # one kernel per gate, applied to [x, h]
+        gates[name] = F.conv2d(torch.cat([x, h], 1), w[5 * n:5 * (n + 1)], b[5 * n:5 * (n + 1)], padding=1)
+    i, f, o, g = (torch.sigmoid(gates["i"]), torch.sigmoid(gates["f"]), torch.sigmoid(gates["o"]),
+                  torch.tanh(gates["g"]))
+    c_ref = f * c + i * g
+    h_ref = o * torch.tanh(c_ref)
+    out, (h_new, c_new) = cell(x, (h, c))
+    assert torch.allclose(c_new, c_ref, atol=1e-6) and torch.allclose(h_new, h_ref, atol=1e-6)
+    assert out is h_new
+
+
+def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
+    torch.manual_seed(0)
+    lstm = ConvLSTM(3, 4, layers=2, kernel=3)
+    x = torch.randn(1, 3, 6, 6)
+    y, state = lstm(x, None)
+    zeros = torch.zeros(1, 4, 6, 6)
+    h0, _ = lstm.cells[0](x, (zeros, zeros))
+    h1, _ = lstm.cells[1](h0, (zeros, zeros))
+    assert torch.allclose(y, h1) and len(state) == 2 and state[1][0].shape == (1, 4, 6, 6)
+
+
+# --- streaming and causality ----------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", [tiny(name="clstm"), tiny(name="clstm", mean_input=True, head="shuffle"),
+                                 tiny(name="clstm", mean_input=True), tiny(name="conv3d"),
+                                 tiny(name="conv3d", t_kernel=2, mean_input=True), tiny(name="unet")],
+                         ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet"])
+def test_clip_equals_frame_by_frame_steps(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg, 4).eval()
+    x = clip(t=4)
+    with torch.no_grad():
+        whole, _ = model(x)
+        stepped, _ = run_steps(model, x)
+        # and a clip split in two calls with the state carried over
+        first, state = model(x[:, :3])
+        second, _ = model(x[:, 3:], detach_state(state))
+    assert whole.shape == (1, 4, 3, 64, 64)
+    assert (whole - stepped).abs().max() < 1e-5
+    assert (whole - torch.cat([first, second], 1)).abs().max() < 1e-5
+
+
+def test_mean_input_changes_the_output_over_time():
+    torch.manual_seed(0)
+    model = build_model(tiny(name="unet"), 4).eval()
+    assert model(clip())[1] is None  # single frame: the state passes through
+    model = build_model(tiny(name="clstm", mean_input=True), 4).eval()
+    _, state = model(clip(t=3))
+    total, count = state["mean"]
+    assert count == 3 and torch.allclose(total, clip(t=3).sum(1))
+
+
+def test_conv3d_is_causal():
+    torch.manual_seed(0)
+    model = build_model(tiny(name="conv3d", t_kernel=3, layers=2), 4).eval()
+    x = clip(t=5)
+    changed = x.clone()
+    changed[:, 3] = torch.rand_like(changed[:, 3])
+    with torch.no_grad():
+        y, _ = model(x)
+        y2, _ = model(changed)
+    assert torch.equal(y[:, :3], y2[:, :3])        # outputs before the perturbed frame are untouched
+    assert (y[:, 3:] - y2[:, 3:]).abs().max() > 1e-4  # and the perturbation does reach t >= 3
+
+
+def test_causal_conv3d_equals_a_past_padded_conv3d():
+    torch.manual_seed(0)
+    layer = CausalConv3d(3, 5, layers=1, kernel=3, t_kernel=3)
+    x = torch.randn(2, 6, 3, 8, 8)  # (B, T, C, H, W)
+    conv = layer.convs[0]
+    w3d = conv.weight.unflatten(1, (3, 3)).transpose(1, 2)  # (out, C, t_kernel, k, k)
+    past_padded = F.pad(x.transpose(1, 2), (1, 1, 1, 1, 2, 0))  # zeros before frame 0, none after
+    ref = F.relu(F.conv3d(past_padded, w3d, conv.bias)).transpose(1, 2)
+    y, state = layer(x)
+    assert torch.allclose(y, ref, atol=1e-5)
+    assert torch.equal(state[0], x[:, -2:])
+
+
+# --- sizes, norms, channels_last ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("scale", [1, 2])
+def test_odd_sizes_are_padded_and_cropped_back(name, scale):
+    model = build_model(tiny(name=name, scale=scale), 3).eval()
+    with torch.no_grad():
+        y, _ = model(clip(t=2, c=3, h=70, w=94))
+        frame, _ = model.step(clip(t=1, c=3, h=70, w=94)[:, 0], None)
+    assert y.shape == (1, 2, 3, 70 * scale, 94 * scale)
+    assert frame.shape == (1, 3, 70 * scale, 94 * scale)
+
+
+def test_noise_map_adds_an_input_channel():
+    model = build_model(tiny(noise_map=True), 4).eval()
+    with torch.no_grad():
+        y, _ = model(clip(t=1, c=5))
+    assert model.in_channels == 5 and y.shape == (1, 1, 3, 64, 64)
+
+
+def test_unet_has_the_sid_parameter_count():
+    for scale in (1, 2):
+        params = sum(p.numel() for p in build_model(ModelCfg(name="unet", scale=scale), 4).parameters())
+        assert abs(params - 7.76e6) / 7.76e6 < 0.02
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "frozen"])
+def test_norm_variants_build_train_and_run(norm):
+    torch.manual_seed(0)
+    model = build_model(tiny(norm=norm), 4)
+    norms = [type(m) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, FrozenBatchNorm2d))]
+    expected = {"group": nn.GroupNorm, "batch": nn.BatchNorm2d, "frozen": FrozenBatchNorm2d}[norm]
+    assert norms and set(norms) == {expected}  # group: no BatchNorm left anywhere
+    x = clip(b=2, t=2)
+    y, _ = model.train()(x)
+    y.mean().backward()
+    assert model.encoder.conv1.weight.grad is not None
+    with torch.no_grad():
+        train_out, _ = model(x)
+        eval_out, _ = model.eval()(x)
+    if norm == "batch":
+        assert not torch.allclose(train_out, eval_out)
+    else:  # GroupNorm has no running statistics; frozen BatchNorm is always in eval mode
+        assert torch.allclose(train_out, eval_out, atol=1e-6)
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(BatmanError, match="clstm, conv3d, unet"):
+        build_model(tiny(name="transformer"), 4)
+    with pytest.raises(BatmanError, match="batch, group, frozen"):
+        build_model(tiny(norm="layer"), 4)
+    with pytest.raises(BatmanError, match="shuffle, skip"):
+        build_model(tiny(head="deconv"), 4)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_channels_last_gives_the_same_output(name):
+    torch.manual_seed(0)
+    model = build_model(tiny(name=name, mean_input=True), 4).eval()
+    x = clip(t=2, h=70, w=94)
+    with torch.no_grad():
+        ref, _ = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        frames = [x[:, t].contiguous(memory_format=torch.channels_last) for t in range(2)]
+        out, _ = run_steps(model, torch.stack(frames, 1))
+    assert (out - ref).abs().max() < 1e-4
+
+
+# --- encoder weights and checkpointing ------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["group", "frozen"])
+def test_encoder_weights_widen_the_stem(tmp_path, norm):
+    torch.manual_seed(0)
+    source = resnet18(weights=None).state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(source, path)
+    enc = build_model(tiny(encoder_weights=str(path), norm=norm), 4).encoder
+    w, rgb = enc.conv1.weight.detach(), source["conv1.weight"]
+    assert w.shape == (64, 4, 7, 7)
+    assert torch.allclose(w[:, :3], rgb * 3 / 4)                   # RGB filters copied (scaled by 3/C)
+    assert torch.allclose(w[:, 3], w[:, :3].mean(1), atol=1e-7)  # the extra channel is their mean
+    assert torch.equal(enc.layer3[1].conv2.weight, source["layer3.1.conv2.weight"])
+    assert torch.equal(enc.bn1.weight, source["bn1.weight"])
+    # a grey frame gives the stem the same response as the 3-channel original did
+    grey = torch.full((1, 4, 32, 32), 0.5)
+    assert torch.allclose(F.conv2d(grey, w, stride=2, padding=3), F.conv2d(grey[:, :3], rgb, stride=2, padding=3),
+                          atol=1e-5)
+
+
+def test_encoder_weights_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(BatmanError, match="nowhere.pth"):
+        Encoder(4, weights=str(missing))
+    state = resnet18(weights=None).state_dict()
+    del state["layer4.1.conv2.weight"]
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    with pytest.raises(BatmanError, match="bad.pth"):
+        Encoder(4, weights=str(bad))
+    not_a_dict = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), not_a_dict)
+    with pytest.raises(BatmanError, match="tensor.pth"):
+        build_model(tiny(encoder_weights=str(not_a_dict)), 4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny(), 4).train()
+    x = clip(b=1, t=2, h=32, w=32)
+
+    def grads(checkpointing):
+        model.zero_grad()
+        model.encoder.checkpointing = checkpointing
+        y, _ = model(x)
+        y.square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain, checkpointed = grads(False), grads(True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+    assert build_model(tiny(checkpointing=True), 4).encoder.checkpointing
+
+
+def test_describe_models_lists_every_variant():
+    cfg = make_config(overrides={"data.mode": "rawrgb", "model.hidden": 16, "data.crop": (64, 96)})
+    text = describe_models(cfg)
+    for name in MODELS:
+        assert name in text
+    assert "(B,8,3,64,96)" in text and "* clstm" in text and "7.76 M" in text
