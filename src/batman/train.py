@@ -1,0 +1,401 @@
+"""The training loop: AdamW, L1/L2 (+ temporal term), truncated BPTT, AMP, early stop, resume, DDP.
+
+Reads as a story: set up (distributed, seed, data, model, optimiser), maybe resume, then epochs of
+steps, a validation, checkpoints and a log line each. Only rank 0 writes anything.
+Determinism: the data order of every epoch is a function of (seed, epoch), so a resumed run sees
+exactly the batches an uninterrupted one would have seen.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from batman import ckpt as ckpts
+from batman.config import BatmanError, Config
+from batman.files import atomic_path
+from batman.model.net import build_model, detach_state
+
+
+# --- set-up ---------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed() -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on CUDA, gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(d: Dist) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def amp_settings(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler). AMP only on CUDA; bf16 needs no scaler."""
+    if device.type != "cuda" or mode == "off":
+        return None, False
+    if mode == "auto":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode not in ("bf16", "fp16"):
+        raise BatmanError(f"train.amp must be auto, bf16, fp16 or off, not {mode!r}")
+    return (torch.bfloat16, False) if mode == "bf16" else (torch.float16, True)
+
+
+class EpochSampler(Sampler):
+    """`num` indices per epoch drawn from a generator seeded by (seed, epoch), sharded over ranks.
+
+    Permutations are concatenated when `num` exceeds the data set, so every clip is seen equally
+    often; `skip` drops the first batches after a mid-epoch resume.
+    """
+
+    def __init__(self, n: int, num: int, seed: int, d: Dist):
+        self.n, self.num, self.seed, self.d = n, num, seed, d
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        reps = math.ceil(self.num * self.d.world / self.n)
+        order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(reps)])
+        return order[: self.num * self.d.world][self.d.rank:: self.d.world].tolist()
+
+    def __iter__(self):
+        return iter(self.indices()[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num - self.skip
+
+
+def build_data(cfg: Config, d: Dist):
+    from batman.data.cache import find_cache
+    from batman.data.dataset import ClipDataset, worker_init_fn
+    from batman.data.drv import load_split
+
+    root = cfg.data.root
+    if not root:
+        raise BatmanError("no data set: pass --root DIR (a DRV-layout folder, e.g. from `batman synth`)")
+    cache = find_cache(root, cfg.data.cache or None)
+
+    def dataset(split: str, train: bool) -> ClipDataset:
+        videos = load_split(root, split, cfg.data.mode, cache=cache)
+        return ClipDataset(videos, cfg.data, scale=cfg.model.scale, train=train, seed=cfg.seed, cache=cache)
+
+    train_set, val_set = dataset("train", True), dataset("val", False)
+    per_rank = cfg.train.batch * (cfg.train.steps_per_epoch or math.ceil(len(train_set) / (cfg.train.batch * d.world)))
+    sampler = EpochSampler(len(train_set), per_rank, cfg.seed, d)
+    loader_args = dict(num_workers=cfg.data.workers, worker_init_fn=worker_init_fn,
+                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch, sampler=sampler, drop_last=True, **loader_args)
+    n_val = min(len(val_set), cfg.train.val_clips or len(val_set))
+    val_idx = list(range(n_val))[d.rank:: d.world]
+    val_loader = DataLoader(torch.utils.data.Subset(val_set, val_idx), batch_size=1, shuffle=False, **loader_args)
+    return train_set, train_loader, sampler, val_loader
+
+
+# --- loss -----------------------------------------------------------------------------------
+
+def reconstruction_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "l1":
+        return F.l1_loss(out, target)
+    if kind == "l2":
+        return F.mse_loss(out, target)
+    raise BatmanError(f"train.loss must be l1 or l2, not {kind!r}")
+
+
+def temporal_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between consecutive-frame differences of output and target (B,T,C,H,W): flicker costs."""
+    if out.shape[1] < 2:
+        return out.new_zeros(())
+    return F.l1_loss(out[:, 1:] - out[:, :-1], target[:, 1:] - target[:, :-1])
+
+
+def clip_loss(out, target, cfg: Config) -> torch.Tensor:
+    loss = reconstruction_loss(out.float(), target, cfg.train.loss)
+    if cfg.train.temporal_weight:
+        loss = loss + cfg.train.temporal_weight * temporal_loss(out.float(), target)
+    return loss
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Everything besides tensors that a resumed run must continue from."""
+    epoch: int = 0          # epochs completed
+    step: int = 0           # optimiser steps completed
+    step_in_epoch: int = 0  # batches of the current (unfinished) epoch already trained
+    best: float = float("inf")
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+def train_step(model, batch, opt, scaler, cfg: Config, device, amp_dtype) -> float:
+    """One batch with truncated BPTT: an optimiser step every `bptt` frames, state carried detached."""
+    x = batch["input"].to(device, non_blocking=True)
+    y = batch["target"].to(device, non_blocking=True)
+    T = x.shape[1]
+    chunk = cfg.train.bptt or T
+    state, total = None, 0.0
+    for t0 in range(0, T, chunk):
+        xs, ys = x[:, t0:t0 + chunk], y[:, t0:t0 + chunk]
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out, state = model(xs, state)
+        loss = clip_loss(out, ys, cfg)
+        if not torch.isfinite(loss):
+            return float(loss.item())
+        opt.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        state = detach_state(state)
+        total += loss.item() * xs.shape[1]
+    return total / T
+
+
+@torch.no_grad()
+def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist) -> tuple[float, float]:
+    """Mean L1 and PSNR over the validation clips, reduced over ranks."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for batch in loader:
+        x, y = batch["input"].to(device), batch["target"].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            out, _ = model(x, None)
+        out = out.float().clamp(0, 1)
+        mse = F.mse_loss(out, y).item()
+        sums += torch.tensor([F.l1_loss(out, y).item(), -10 * math.log10(max(mse, 1e-10)), 1.0], dtype=torch.float64)
+    if d.enabled:
+        dist.all_reduce(sums)
+    model.train()
+    n = max(sums[2].item(), 1.0)
+    return sums[0].item() / n, sums[1].item() / n
+
+
+def training_state(model, opt, scaler, sched, cfg: Config, prog: Progress) -> dict:
+    net = model.module if hasattr(model, "module") else model
+    return {
+        "model": net.state_dict(), "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict() if scaler else {}, "scheduler": sched.state_dict(),
+        "epoch": prog.epoch, "step": prog.step, "step_in_epoch": prog.step_in_epoch,
+        "best": prog.best, "bad_epochs": prog.bad_epochs, "history": prog.history,
+        "rng_torch": torch.get_rng_state(), "config": cfg.to_json(), "commit": ckpts.git_commit(),
+    }
+
+
+def find_resume_checkpoint(out: Path, resume: str | None) -> tuple[Path | None, dict | None]:
+    """--resume PATH, or 'auto': OUT/last.pt, falling back to the newest good epoch checkpoint."""
+    if not resume:
+        return None, None
+    if resume != "auto":
+        return Path(resume), ckpts.load_checkpoint(resume)
+    last = out / ckpts.LAST
+    if last.exists():
+        try:
+            return last, ckpts.load_checkpoint(last)
+        except BatmanError as e:
+            tqdm.write(f"warning: {e}; trying the newest epoch checkpoint instead")
+    for _, _, path in sorted(ckpts.epoch_checkpoints(out), key=lambda t: -t[1]):
+        try:
+            return path, ckpts.load_checkpoint(path)
+        except BatmanError as e:
+            tqdm.write(f"warning: {e}")
+    if last.exists():
+        raise BatmanError(f"{last} is corrupt and no good epoch checkpoint is left in {out}: delete {last} "
+                          f"to start afresh, or pass --resume PATH")
+    return None, None
+
+
+def restore(ckpt: dict, path: Path, model, opt, scaler, sched, cfg: Config) -> Progress:
+    ckpts.check_same_model(path, ckpts.checkpoint_config(ckpt), cfg)
+    net = model.module if hasattr(model, "module") else model
+    ckpts.load_state_strict(net, ckpt["model"], path)
+    opt.load_state_dict(ckpt["optimizer"])
+    if scaler and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng_torch"])
+    return Progress(epoch=ckpt["epoch"], step=ckpt["step"], step_in_epoch=ckpt["step_in_epoch"],
+                    best=ckpt["best"], bad_epochs=ckpt["bad_epochs"], history=list(ckpt["history"]))
+
+
+def check_ranks_agree(model, d: Dist) -> None:
+    """DDP keeps replicas identical; prove it at the end with a checksum of every rank's weights."""
+    net = model.module if hasattr(model, "module") else model
+    checksum = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum().cpu().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(d.world)]
+    dist.all_gather(gathered, checksum)
+    if d.main:
+        values = [g.item() for g in gathered]
+        if len(set(values)) != 1:
+            raise BatmanError(f"replicas diverged: weight checksums per rank {values}")
+        tqdm.write(f"weights identical on all {d.world} ranks (checksum {values[0]:.6f})")
+
+
+def write_log(out: Path, history: list[dict]) -> None:
+    """CSV of every epoch and a loss plot, both replaced atomically."""
+    if not history:
+        return
+    with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    plot_losses(out / "loss.png", history)
+
+
+def plot_losses(path: Path, history: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("L1 loss"), ax1.set_yscale("log"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [h["val_psnr"] for h in history], "o-", color="C2")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation PSNR (dB)"), ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = None) -> dict:
+    """Train `cfg` into the folder `out`; returns {'best': val loss, 'epochs': n, 'stopped': reason}."""
+    d = setup_distributed()
+    device = pick_device(d)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    out = Path(out)
+    seed_everything(cfg.seed + d.rank, cfg.train.deterministic)
+
+    train_set, loader, sampler, val_loader = build_data(cfg, d)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, cfg.data.in_channels).to(device)
+    amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # constant lr; kept in checkpoints
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    ckpt_path, ckpt = find_resume_checkpoint(out, resume)
+    prog = restore(ckpt, ckpt_path, model, opt, scaler, sched, cfg) if ckpt else Progress()
+    if ckpt and d.main:
+        tqdm.write(f"resumed from {ckpt_path}: epoch {prog.epoch}, step {prog.step}")
+    if d.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+
+    def save_last():
+        if d.main:
+            ckpts.save_checkpoint(out / ckpts.LAST, training_state(model, opt, scaler, sched, cfg, prog))
+
+    stopped = "epochs"
+    model.train()
+    epochs_bar = tqdm(range(prog.epoch, cfg.train.epochs), desc="epochs", initial=prog.epoch,
+                      total=cfg.train.epochs, disable=not d.main or None, position=0)
+    for epoch in epochs_bar:
+        if prog.bad_epochs >= cfg.train.patience:  # a resumed run that had already stopped
+            break
+        sampler.set_epoch(epoch, skip=prog.step_in_epoch * cfg.train.batch)
+        train_set.set_epoch(epoch)
+        losses, t0, images = [], time.perf_counter(), 0
+        steps_bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not d.main or None, position=1)
+        for batch in steps_bar:
+            loss = train_step(model, batch, opt, scaler, cfg, device, amp_dtype)
+            if not math.isfinite(loss):
+                raise BatmanError(f"training loss became {loss} at epoch {epoch + 1}, step {prog.step + 1}: stopped "
+                                  f"without saving; the last good checkpoint in {out} is intact (try a lower "
+                                  f"train.lr, train.grad_clip=1.0 or train.amp=off)")
+            sched.step()
+            prog.step += 1
+            prog.step_in_epoch += 1
+            losses.append(loss)
+            images += batch["input"].shape[0] * batch["input"].shape[1] * d.world
+            steps_bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / (time.perf_counter() - t0):.1f}")
+            if cfg.train.save_every and prog.step % cfg.train.save_every == 0:
+                save_last()
+        val_loss, val_psnr = validate(model, val_loader, cfg, device, amp_dtype, d)
+        prog.epoch, prog.step_in_epoch = epoch + 1, 0
+        improved = val_loss < prog.best
+        prog.best, prog.bad_epochs = (val_loss, 0) if improved else (prog.best, prog.bad_epochs + 1)
+        mean_train = float(np.mean(losses)) if losses else float("nan")
+        prog.history.append({"epoch": epoch + 1, "step": prog.step, "train_loss": round(mean_train, 6),
+                             "val_loss": round(val_loss, 6), "val_psnr": round(val_psnr, 3),
+                             "lr": opt.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 2),
+                             "images_per_s": round(images / max(time.perf_counter() - t0, 1e-9), 2)})
+        if d.main:
+            state = training_state(model, opt, scaler, sched, cfg, prog)
+            if improved:
+                ckpts.save_checkpoint(out / ckpts.checkpoint_name(epoch + 1, val_loss), state)
+                ckpts.prune_checkpoints(out, cfg.train.keep)
+            ckpts.save_checkpoint(out / ckpts.LAST, state)
+            write_log(out, prog.history)
+            epochs_bar.set_postfix(train=f"{mean_train:.4f}", val=f"{val_loss:.4f}", psnr=f"{val_psnr:.2f}")
+            tqdm.write(f"epoch {epoch + 1}: train {mean_train:.4f}  val {val_loss:.4f}  PSNR {val_psnr:.2f} dB"
+                       + ("  (best)" if improved else f"  ({prog.bad_epochs} without improvement)"))
+        if prog.bad_epochs >= cfg.train.patience:
+            break
+    if prog.bad_epochs >= cfg.train.patience:
+        stopped = "early stop"
+        if d.main:
+            tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
+    if d.enabled:
+        check_ranks_agree(model, d)
+        dist.destroy_process_group()
+    return {"best": prog.best, "epochs": prog.epoch, "stopped": stopped, "history": prog.history}

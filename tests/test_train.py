@@ -1,0 +1,121 @@
+"""Training: the loss falls, early stop counts right, resume after SIGKILL is exact, DDP agrees, NaN stops."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from batman import ckpt
+from batman.config import BatmanError, make_config
+from batman.train import train
+
+TINY = {  # a ResNet-18 on 32x32 crops of 4 frames: seconds per epoch on two cores
+    "data.crop": (32, 32), "data.frames": 4, "data.clips_per_video": 2, "model.hidden": 16, "model.fusion": 16,
+    "train.steps_per_epoch": 6, "train.val_clips": 2, "train.lr": 1e-3, "train.threads": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    from batman.data.synth import synthesize
+    root = tmp_path_factory.mktemp("syn")
+    synthesize(root, videos=5, frames=6, size=(128, 192), seed=3)
+    return root
+
+
+def tiny_cfg(root, **overrides):
+    return make_config("demo", {"data.root": str(root), **TINY, **overrides})
+
+
+def final_weights(folder: Path) -> dict:
+    return ckpt.load_checkpoint(folder / ckpt.LAST)["model"]
+
+
+def test_loss_falls_by_half_and_run_folder_is_complete(syn, tmp_path):
+    result = train(tiny_cfg(syn, **{"train.epochs": 4, "train.steps_per_epoch": 10}), out=tmp_path)
+    losses = [h["train_loss"] for h in result["history"]]
+    assert losses[-1] <= 0.5 * losses[0], losses
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "log.csv", "loss.png", "last.pt"} <= names
+    assert any(n.startswith("epoch_") for n in names)
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
+
+
+def test_lr_zero_stops_after_exactly_patience_epochs(syn, tmp_path):
+    result = train(tiny_cfg(syn, **{"train.lr": 0.0, "train.epochs": 20, "train.patience": 2}), out=tmp_path)
+    assert result["stopped"] == "early stop"
+    assert result["epochs"] == 1 + 2  # the first epoch sets the best, then `patience` without improvement
+
+
+def test_non_finite_loss_stops_clearly_without_saving(syn, tmp_path):
+    with pytest.raises(BatmanError, match="training loss became (nan|inf)"):
+        train(tiny_cfg(syn, **{"train.lr": 1e30, "train.epochs": 3}), out=tmp_path)
+    assert not list(tmp_path.glob("epoch_*.pt"))
+
+
+def run_train_subprocess(root, out, overrides, env_extra=None) -> subprocess.Popen:
+    sets = [f"{k}={v!r}" for k, v in overrides.items()]
+    cmd = [sys.executable, "-m", "batman", "train", "--root", str(root), "--preset", "demo", "--out", str(out),
+           "--resume", "auto", "--set", *sets]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env_extra or {})})
+
+
+def test_sigkill_then_resume_auto_equals_uninterrupted(syn, tmp_path):
+    overrides = {**TINY, "data.root": str(syn), "train.epochs": 3, "train.save_every": 2,
+                 "train.deterministic": True}
+    reference = tmp_path / "reference"
+    train(make_config("demo", overrides), out=reference)
+
+    killed = tmp_path / "killed"
+    proc = run_train_subprocess(syn, killed, {k: v for k, v in overrides.items() if k != "data.root"})
+    deadline = time.time() + 240
+    while not (killed / ckpt.LAST).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / ckpt.LAST).exists(), proc.stderr.read()
+    interrupted_at = ckpt.load_checkpoint(killed / ckpt.LAST)["step"]
+    assert interrupted_at < 3 * TINY["train.steps_per_epoch"]
+
+    train(make_config("demo", overrides), out=killed, resume="auto")
+    a, b = final_weights(reference), final_weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_corrupt_last_falls_back_to_epoch_checkpoint(syn, tmp_path, capsys):
+    cfg = tiny_cfg(syn, **{"train.epochs": 2})
+    train(cfg, out=tmp_path)
+    (tmp_path / ckpt.LAST).write_bytes(b"not a checkpoint")
+    result = train(make_config("demo", {**TINY, "data.root": str(syn), "train.epochs": 3}), out=tmp_path,
+                   resume="auto")
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
+    assert "corrupt" in err and result["epochs"] == 3
+
+
+def test_resume_refuses_another_model(syn, tmp_path):
+    train(tiny_cfg(syn, **{"train.epochs": 1}), out=tmp_path)
+    with pytest.raises(BatmanError, match="holds a clstm"):
+        train(tiny_cfg(syn, **{"train.epochs": 2, "model.name": "unet"}), out=tmp_path, resume="auto")
+
+
+def test_torchrun_two_ranks_agree_and_write_once(syn, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    sets = [f"{k}={v!r}" for k, v in {**TINY, "train.epochs": 2, "train.threads": 1}.items()]
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "batman", "train",
+                           "--root", str(syn), "--preset", "demo", "--out", str(out), "--set", *sets],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "weights identical on all 2 ranks" in proc.stderr + proc.stdout
+    assert len(list(out.glob("epoch_*.pt"))) <= 2 and (out / "log.csv").read_text().count("\n") == 3
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("epoch_")) == \
+        ["config.json", "last.pt", "log.csv", "loss.png"]
