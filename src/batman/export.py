@@ -195,6 +195,7 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
            device: str | None = None) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths."""
     from batman.ckpt import load_model
+    from batman.data.cache import find_cache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg = load_model(model, device)

@@ -25,7 +25,10 @@ import numpy as np
 
 from batman.config import BatmanError
 
-RAW_SUFFIXES = (".arw", ".dng")
+RAW_SUFFIXES = frozenset({".arw", ".dng"})
+# `--input FOLDER` takes any camera's raw format that LibRaw reads (the DRV layout needs only ARW/DNG)
+ANY_RAW_SUFFIXES = RAW_SUFFIXES | frozenset({".cr2", ".cr3", ".nef", ".nrw", ".raf", ".rw2", ".orf", ".pef", ".srw", ".kdc",
+                                   ".dcr", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".raw", ".x3f", ".srf", ".sr2"})
 SPLITS = ("train", "val", "test")
 
 
@@ -79,9 +82,9 @@ def split_ids(root: str | Path, split: str) -> list[str]:
 
 # --- files of one video ---------------------------------------------------------------------
 
-def list_raw_files(folder: Path) -> list[Path]:
-    """Raw files (.ARW/.dng, any case) in a folder, sorted by name."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RAW_SUFFIXES),
+def list_raw_files(folder: Path, suffixes: frozenset = RAW_SUFFIXES) -> list[Path]:
+    """Raw files (.ARW/.dng by default, any case) in a folder, sorted by name."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
                   key=lambda p: p.name)
 
 
@@ -317,9 +320,9 @@ def folder_video(folder: str | Path, gain: float = 1.0) -> Video:
     folder = Path(folder)
     if not folder.is_dir():
         raise BatmanError(f"input folder {folder} does not exist")
-    frames = list_raw_files(folder)
+    frames = list_raw_files(folder, ANY_RAW_SUFFIXES)
     if not frames:
-        raise BatmanError(f"input folder {folder} has no .ARW/.dng frames")
+        raise BatmanError(f"input folder {folder} has no raw frames (.ARW, .dng, .CR2, .NEF, ...)")
     sizes = [raw_header(p).size for p in frames]
     _check_sizes(frames, sizes)
     return Video(id=folder.name, frames=tuple(frames), targets=(), gains=(float(gain),) * len(frames),

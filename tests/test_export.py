@@ -1,0 +1,128 @@
+"""Export: constant memory over length, seamless tiles, decodable mp4s, --input folders, clear refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from batman import ckpt
+from batman.config import BatmanError, make_config
+from batman.export import Enhancer, export, ramp_weights, tile_starts, to_uint8
+from batman.model.net import build_model
+from conftest import fixture_path
+
+SMALL_MODEL = {"model.hidden": 16, "model.fusion": 16}
+
+
+def save_untrained(path: Path, **overrides) -> Path:
+    """A checkpoint of a freshly initialised model: export needs weights, not good ones."""
+    cfg = make_config("demo", {**SMALL_MODEL, **overrides})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.in_channels)
+    ckpt.save_checkpoint(path, {"model": model.state_dict(), "config": cfg.to_json()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    from batman.data.synth import synthesize
+    root = tmp_path_factory.mktemp("syn")
+    synthesize(root, videos=3, frames=6, size=(128, 192), seed=5, dynamic=1)
+    return root
+
+
+def test_tile_layout_covers_and_ramps_sum():
+    assert tile_starts(512, 256, 32) == [0, 224, 256]
+    assert tile_starts(100, 256, 32) == [0]
+    w = ramp_weights(64, 16, at_start=False, at_end=True)
+    assert w[0] > 0 and w[-1] == 1 and np.all(np.diff(w[:16]) > 0)
+
+
+def test_export_writes_mp4_and_pngs_that_decode(syn, tmp_path):
+    import imageio.v3 as iio
+    model = save_untrained(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    paths = export(root=syn, model=model, out=out, split="test", side_by_side=True, device="cpu")
+    test_id = (syn / "test_list.txt").read_text().split()[0]
+    frames = list(iio.imiter(out / "video" / f"{test_id}.mp4"))
+    assert len(frames) == 6 and frames[0].shape == (32, 48, 3)
+    side = list(iio.imiter(out / "video" / f"{test_id}_side_by_side.mp4"))
+    assert len(side) == 6 and side[0].shape == (32, 48 * 3, 3)  # input | output | truth
+    pngs = sorted((out / "frames" / test_id).glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:04d}.png" for i in range(1, 7)]
+    assert iio.imread(pngs[0]).shape == (32, 48, 3)
+    assert out / "video" / f"{test_id}.mp4" in paths
+
+
+def test_input_folder_of_raw_copies(tmp_path):
+    import imageio.v3 as iio
+    src = fixture_path("kodak_dc50_grbg.kdc")
+    folder = tmp_path / "raws"
+    folder.mkdir()
+    for i in range(3):
+        shutil.copy(src, folder / f"frame{i}.kdc")
+    out = tmp_path / "out"
+    export(input_folder=folder, model=save_untrained(tmp_path / "m.pt"), out=out, device="cpu")
+    frames = list(iio.imiter(out / "video" / "raws.mp4"))
+    assert len(frames) == 3 and frames[0].shape[:2] == (128, 192)  # 512x768 mosaic -> packed -> binned
+
+
+def test_rawrgb_model_refuses_raw_folder(tmp_path):
+    model = save_untrained(tmp_path / "m.pt", **{"data.mode": "rawrgb"})
+    with pytest.raises(BatmanError, match="trained on rawrgb input"):
+        export(input_folder=tmp_path, model=model, out=tmp_path / "out", device="cpu")
+
+
+def test_missing_model_says_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BatmanError, match="train one first"):
+        export(input_folder=tmp_path, model=None, out=tmp_path / "out", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["clstm", "unet"])
+def test_tiled_equals_untiled_within_one_level(tmp_path, name):
+    """512x768 input, tile 256, overlap 32: the 8-bit frames differ by at most 1/255."""
+    net, cfg = ckpt.load_model(save_untrained(tmp_path / "m.pt", **{"model.name": name}))
+    rng = np.random.default_rng(0)
+    n_frames = 2 if name == "clstm" else 1  # two frames: the tiles' recurrent states must stay apart
+    frames = [np.clip(rng.random((4, 512, 768), dtype=np.float32) * 0.2 + 0.3, 0, 1) for _ in range(n_frames)]
+    whole, tiled = Enhancer(net, 1), Enhancer(net, 1, tile=256, overlap=32)
+    for frame in frames:
+        a, b = to_uint8(whole(frame)).astype(int), to_uint8(tiled(frame)).astype(int)
+        diff = np.abs(a - b)
+        print(f"{name}: max {diff.max()} levels, mean {diff.mean():.4f}")
+        assert diff.max() <= 1
+
+
+MEASURE = r"""
+import resource, sys
+from batman.export import export
+export(root=sys.argv[1], model=sys.argv[2], out=sys.argv[3], split="test", frames=int(sys.argv[4]), device="cpu")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_kb(root, model, out, frames) -> int:
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(root), str(model), str(out), str(frames)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_export_memory_does_not_grow_with_length(tmp_path):
+    """64 frames at 256x384 would hold ~140 MB more than 8 frames if frames were kept."""
+    from batman.data.synth import synthesize
+    root = tmp_path / "long"
+    synthesize(root, videos=1, frames=64, size=(1024, 1536), seed=9)
+    (root / "test_list.txt").write_text((root / "train_list.txt").read_text())
+    model = save_untrained(tmp_path / "m.pt")
+    rss8 = peak_rss_kb(root, model, tmp_path / "o8", 8)
+    rss64 = peak_rss_kb(root, model, tmp_path / "o64", 64)
+    print(f"peak RSS: 8 frames {rss8 / 1024:.0f} MB, 64 frames {rss64 / 1024:.0f} MB, ratio {rss64 / rss8:.3f}")
+    assert rss64 <= 1.10 * rss8
