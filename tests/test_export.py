@@ -41,7 +41,7 @@ def test_tile_layout_covers_and_ramps_sum():
     assert tile_starts(512, 256, 32) == [0, 224, 256]
     assert tile_starts(100, 256, 32) == [0]
     w = ramp_weights(64, 16, at_start=False, at_end=True)
-    assert w[0] > 0 and w[-1] == 1 and np.all(np.diff(w[:16]) > 0)
+    assert np.all(w[:4] == 0) and w[-1] == 1 and np.all(np.diff(w[4:12]) > 0) and np.all(w[12:] == 1)
 
 
 def test_export_writes_mp4_and_pngs_that_decode(syn, tmp_path):
@@ -98,6 +98,27 @@ def test_tiled_equals_untiled_within_one_level(tmp_path, name):
         diff = np.abs(a - b)
         print(f"{name}: max {diff.max()} levels, mean {diff.mean():.4f}")
         assert diff.max() <= 1
+
+
+class LocalNet(torch.nn.Module):
+    """Receptive field 9x9 with a recurrent term: tiles with 32 px overlap must match the whole frame exactly."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = torch.nn.Sequential(*[torch.nn.Conv2d(c, 3, 3, padding=1) for c in (4, 3, 3, 3)])
+
+    def step(self, frame, state):
+        y = torch.sigmoid(self.body(frame)) + (0 if state is None else 0.5 * state)
+        return y, y
+
+
+def test_tile_blending_is_seamless_for_a_local_model():
+    rng = np.random.default_rng(2)
+    whole, tiled = Enhancer(LocalNet(), 1), Enhancer(LocalNet(), 1, tile=256, overlap=32)
+    for _ in range(2):
+        frame = rng.random((4, 512, 768), dtype=np.float32)
+        np.testing.assert_allclose(tiled(frame), whole(frame), atol=1e-5)
 
 
 MEASURE = r"""

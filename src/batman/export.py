@@ -32,15 +32,18 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def ramp_weights(size: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
-    """1-D blending weights: linear ramps over `overlap` pixels on the sides shared with a neighbour."""
+    """1-D blending weights of a tile. On a side shared with a neighbour the outer quarter of the
+    overlap gets weight 0 (those pixels saw the tile's artificial border) and the next half ramps up
+    linearly, so the neighbour, whose own margin lies elsewhere, covers every pixel."""
     w = np.ones(size, np.float32)
-    n = min(overlap, size // 2)
-    if n > 0:
-        ramp = (np.arange(n, dtype=np.float32) + 0.5) / n
+    margin, ramp_len = overlap // 4, max(overlap // 2, 1)
+    ramp = np.concatenate([np.zeros(margin, np.float32),
+                           (np.arange(ramp_len, dtype=np.float32) + 0.5) / ramp_len])[: size // 2]
+    if overlap > 0:
         if not at_start:
-            w[:n] = ramp
+            w[: len(ramp)] = ramp
         if not at_end:
-            w[-n:] = ramp[::-1]
+            w[size - len(ramp):] = ramp[::-1]
     return w
 
 
