@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from batman.config import BatmanError, DataCfg
+from batman.config import BatmanError, DataCfg, make_config
 from batman.data import drv
+from batman.data.drv import load_split
 from batman.data.cache import pack_counts
 from batman.data.dataset import ClipDataset, flip_clip, iter_frames, load_targets
 from batman.data.raw import RawFrame, bin2x2, pack_bayer
@@ -175,3 +176,15 @@ def test_rawrgb_clips(make_drv, png16):
     cfg = replace(CFG, mode="rawrgb")
     item = ClipDataset(drv.load_split(root, "train", mode="rawrgb"), cfg)[0]
     assert item["input"].shape == (3, 3, 8, 12) and item["target"].shape == (3, 3, 8, 12)
+
+
+def test_white_balance_multiplies_the_raw_input(tmp_path):
+    from batman.data.synth import synthesize
+    synthesize(tmp_path, videos=3, frames=2, size=(64, 96), seed=11)
+    video = load_split(tmp_path, "train")[0]
+    assert video.wb[0] != 1.0 and video.wb[1] == 1.0  # the DNG's AsShotNeutral, normalised to G1
+    plain = make_config("", {"data.white_balance": False, "data.max_gain": 1.0}).data
+    balanced = make_config("", {"data.white_balance": True, "data.max_gain": 1.0}).data
+    x0, x1 = next(iter_frames(video, plain)), next(iter_frames(video, balanced))
+    expected = np.clip(x0 * np.asarray(video.wb, np.float32).reshape(4, 1, 1), 0, 1)
+    np.testing.assert_allclose(x1, expected, rtol=1e-6)

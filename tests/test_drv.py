@@ -91,7 +91,7 @@ def test_folder_video(make_drv):
     video = drv.folder_video(root / "short" / "0001", gain=50)
     assert video.id == "0001" and video.targets == () and video.gains == (50.0, 50.0)
     (root / "empty").mkdir()
-    with pytest.raises(BatmanError, match=re.escape(f"input folder {root / 'empty'} has no .ARW/.dng frames")):
+    with pytest.raises(BatmanError, match=re.escape(f"input folder {root / 'empty'} has no raw frames")):
         drv.folder_video(root / "empty")
     with pytest.raises(BatmanError, match=re.escape(f"input folder {root / 'nothing'} does not exist")):
         drv.folder_video(root / "nothing")

@@ -30,6 +30,8 @@ class DataCfg:
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)
+    white_balance: bool = True  # multiply raw input by the file's as-shot white balance (spares the
+                                # network guessing each scene's illuminant; DRV's ARWs carry it)
 
     @property
     def in_channels(self) -> int:
@@ -46,6 +48,7 @@ class ModelCfg:
     t_kernel: int = 3         # conv3d temporal extent (frames)
     norm: str = "group"       # batch | group | frozen
     head: str = "skip"        # shuffle (plain conv + pixel shuffle) | skip (full-resolution refinement)
+    head_width: int = 8       # channels of the skip head's full-resolution branch (runs on every pixel: costly)
     scale: int = 1            # output grid = input grid * scale (1 or 2)
     noise_map: bool = False   # append a per-pixel noise-level channel to the input
     mean_input: bool = False  # feed the causal running mean of the inputs to the head
@@ -101,10 +104,11 @@ class Config:
 
 PRESETS: dict[str, dict] = {
     # Crops are on the model's input grid (DRV: 918x1374). Memory per preset: `batman bench memory`.
-    "titan": {"data.crop": (512, 512), "data.frames": 8, "train.batch": 2, "data.workers": 4},
-    "1080ti": {"data.crop": (384, 384), "data.frames": 6, "train.batch": 2, "data.workers": 4,
+    # Sized by `batman bench memory` (docs/RESULTS.md) to about 60-65% of 21 / 8 / 6 GB in float32.
+    "titan": {"data.crop": (768, 1024), "data.frames": 8, "train.batch": 2, "data.workers": 4},
+    "1080ti": {"data.crop": (512, 768), "data.frames": 8, "train.batch": 2, "data.workers": 4,
                "model.checkpointing": True},
-    "1080": {"data.crop": (256, 256), "data.frames": 6, "train.batch": 2, "data.workers": 4,
+    "1080": {"data.crop": (448, 640), "data.frames": 8, "train.batch": 2, "data.workers": 4,
              "model.checkpointing": True},
     "cpu": {"data.crop": (128, 128), "data.frames": 8, "train.batch": 2, "train.steps_per_epoch": 100,
             "train.val_clips": 8},

@@ -17,6 +17,7 @@ DEMO_DATA = dict(videos=10, frames=12, size=(384, 576), seed=0, dynamic=2)
 
 def run_demo(out: str | Path = "result/demo", models: tuple[str, ...] = ("clstm", "unet"), overrides=None) -> dict:
     from batman.ckpt import best_checkpoint
+    from batman.data.cache import prepare
     from batman.data.synth import synthesize
     from batman.evaluate import evaluate
     from batman.export import export
@@ -25,8 +26,9 @@ def run_demo(out: str | Path = "result/demo", models: tuple[str, ...] = ("clstm"
     data = out / "data"
     t0 = time.perf_counter()
     if not (data / "test_list.txt").exists():
-        tqdm.write(f"[1/4] synthesising a dark raw video data set into {data}")
+        tqdm.write(f"[1/4] synthesising a dark raw video data set into {data} and caching its frames")
         synthesize(data, **DEMO_DATA)
+    prepare(data)  # decode every frame once: training then reads memory-mapped arrays
     checkpoints = {}
     for name in models:
         tqdm.write(f"[2/4] training {name} (demo preset) into {out / name}")

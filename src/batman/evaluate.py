@@ -41,17 +41,20 @@ class BaselineISP:
 
 
 def baseline_isp(video, cfg: Config) -> BaselineISP:
-    """Colour parameters from the synthetic metadata, else from the first raw frame, else neutral."""
+    """Colour parameters from the synthetic metadata, else from the first raw frame, else neutral.
+    With data.white_balance the input is already balanced, so the pipeline's own balance is 1."""
     from batman.data.raw import read_raw
 
     meta = getattr(video, "meta", None) or {}
+    balanced = cfg.data.white_balance and cfg.data.mode == "raw"
     if "wb" in meta and "cam_to_srgb" in meta:
-        return BaselineISP(np.asarray(meta["wb"], float)[:3], np.asarray(meta["cam_to_srgb"], float))
+        wb = np.ones(3) if balanced else np.asarray(meta["wb"], float)[:3]
+        return BaselineISP(wb, np.asarray(meta["cam_to_srgb"], float))
     if cfg.data.mode == "raw" and video.frames:
         frame = read_raw(video.frames[0])
-        wb = np.asarray(frame.wb, float)
+        wb = np.ones(3) if balanced else np.asarray(frame.wb, float)[[0, 1, 3]]
         matrix = frame.cam_to_srgb if frame.cam_to_srgb is not None else np.eye(3)
-        return BaselineISP(np.array([wb[0], wb[1], wb[3]]), matrix)
+        return BaselineISP(wb, matrix)
     return BaselineISP(np.ones(3), np.eye(3))
 
 

@@ -1,6 +1,7 @@
 """Training clips and full-frame streams from DRV-layout videos.
 
-Raw mode: counts (from the cache, or decoded) -> normalize -> x gain -> clip to [0, 1], on the packed
+Raw mode: counts (from the cache, or decoded) -> normalize -> x gain (x the as-shot white balance when
+data.white_balance) -> clip to [0, 1], on the packed
 grid binned by cfg.bin. Every packed pixel is a whole 2x2 Bayer tile, so crops at any offset and
 flips keep R, G1, G2, B meaning; only a transpose moves G1 (the red row's green) into the red
 column, which is G2's place, so it swaps those two channels.
@@ -39,9 +40,12 @@ def flip_clip(x: np.ndarray, hflip: bool, vflip: bool, transpose: bool, packed: 
     return np.ascontiguousarray(x)
 
 
-def gained(x: np.ndarray, gain: float, max_gain: float) -> np.ndarray:
-    """x * min(gain, max_gain), clipped to [0, 1] in place."""
-    x *= np.float32(min(gain, max_gain))
+def gained(x: np.ndarray, gain: float, max_gain: float, wb: tuple[float, ...] | None = None) -> np.ndarray:
+    """x * min(gain, max_gain) (times the per-channel white balance `wb`), clipped to [0, 1] in place."""
+    scale = np.float32(min(gain, max_gain))
+    if wb is not None:
+        scale = scale * np.asarray(wb, dtype=np.float32).reshape(-1, 1, 1)
+    x *= scale
     return np.clip(x, 0.0, 1.0, out=x)
 
 
@@ -75,7 +79,8 @@ class FrameReader:
             x = np.ascontiguousarray(read_target(path)[rows, cols].transpose(2, 0, 1))
         else:
             x = self._raw(path, rows, cols)
-        return gained(x, video.gains[i], self.cfg.max_gain)
+        wb = video.wb if self.cfg.white_balance and video.mode == "raw" else None
+        return gained(x, video.gains[i], self.cfg.max_gain, wb)
 
     def _raw(self, path: Path, rows: slice, cols: slice) -> np.ndarray:
         entry = self.cache.entry(path) if self.cache is not None else None

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from batman.config import BatmanError
+from batman.data.raw import read_white_balance
 
 RAW_SUFFIXES = frozenset({".arw", ".dng"})
 # `--input FOLDER` takes any camera's raw format that LibRaw reads (the DRV layout needs only ARW/DNG)
@@ -46,6 +47,7 @@ class Video:
     meta: dict = field(default_factory=dict, compare=False)
     mode: str = "raw"
     size: tuple[int, int] = (0, 0)
+    wb: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # as-shot white balance R, G1, G2, B (first frame's header)
 
     @property
     def static(self) -> bool:
@@ -300,8 +302,9 @@ def _load_video(root: Path, video_id: str, mode: str, cache) -> Video:
         gains = frame_gains(root, video_id, frames, exposures, _long_exposure(root, video_id, cache))
     else:
         gains = (1.0,) * len(frames)  # the authors' PNGs are already gained
+    wb = read_white_balance(frames[0]) if mode == "raw" else (1.0, 1.0, 1.0, 1.0)
     return Video(id=video_id, frames=tuple(frames), targets=_targets(root, video_id, all_frames, frames),
-                 gains=gains, meta=read_meta(root, video_id), mode=mode, size=sizes[0])
+                 gains=gains, meta=read_meta(root, video_id), mode=mode, size=sizes[0], wb=wb)
 
 
 def load_split(root: str | Path, split: str, mode: str = "raw", cache: str | Path | None = None) -> list[Video]:
@@ -326,4 +329,4 @@ def folder_video(folder: str | Path, gain: float = 1.0) -> Video:
     sizes = [raw_header(p).size for p in frames]
     _check_sizes(frames, sizes)
     return Video(id=folder.name, frames=tuple(frames), targets=(), gains=(float(gain),) * len(frames),
-                 meta={}, mode="raw", size=sizes[0])
+                 meta={}, mode="raw", size=sizes[0], wb=read_white_balance(frames[0]))

@@ -109,6 +109,38 @@ def _captured_stderr_fd(messages: list[str]):
             messages += [line.split(": ")[-1] for line in text.splitlines() if line.strip()]
 
 
+def _index_at(rp) -> dict[tuple[int, int], int]:
+    """LibRaw's colour index at each (row, col) of the 2x2 tile."""
+    return {(r, c): int(rp.raw_pattern[r, c]) for r in range(2) for c in range(2)}
+
+
+def _canonical_wb(rp, offsets, index_at) -> tuple[float, ...]:
+    """As-shot white balance multipliers R, G1, G2, B normalised to G1 = 1 (ones when missing)."""
+    wb_raw = list(rp.camera_whitebalance)
+    if wb_raw[3] == 0:  # dcraw convention: a zero fourth multiplier means "same as green"
+        wb_raw[3] = wb_raw[1]
+    wb = [float(wb_raw[index_at[o]]) for o in offsets]
+    if not all(np.isfinite(wb)) or min(wb) <= 0:
+        return (1.0, 1.0, 1.0, 1.0)
+    return tuple(v / wb[1] for v in wb)
+
+
+def read_white_balance(path: str | Path) -> tuple[float, ...]:
+    """The as-shot white balance (R, G1, G2, B) from a raw file's header, without decoding pixels."""
+    import rawpy
+    rp = rawpy.RawPy()
+    try:
+        rp.open_file(str(path))
+        if _bayer_problem(rp):
+            return (1.0, 1.0, 1.0, 1.0)
+        pattern = _pattern_letters(rp.raw_pattern, rp.color_desc)
+        return _canonical_wb(rp, canonical_offsets(pattern), _index_at(rp))
+    except Exception as e:  # LibRaw errors on a broken header
+        raise BatmanError(f"cannot read raw: {path} ({type(e).__name__}: {e})") from None
+    finally:
+        rp.close()
+
+
 def _camera_matrix(rp) -> np.ndarray | None:
     """Camera RGB -> linear sRGB: LibRaw's color_matrix (filled for DNGs from ColorMatrix1), else
     derived from rgb_xyz_matrix (XYZ -> camera, filled for most proprietary raws), else None."""
@@ -138,13 +170,10 @@ def read_raw(path: str | Path) -> RawFrame:
             pattern = _pattern_letters(rp.raw_pattern, rp.color_desc)
             bayer = np.array(rp.raw_image_visible, dtype=np.uint16, copy=True)
             by_index = list(rp.black_level_per_channel)
-            index_at = {(r, c): int(rp.raw_pattern[r, c]) for r in range(2) for c in range(2)}
+            index_at = _index_at(rp)
             offsets = canonical_offsets(pattern)
             black = tuple(float(by_index[index_at[o]]) for o in offsets)
-            wb_raw = list(rp.camera_whitebalance)
-            if wb_raw[3] == 0:  # dcraw convention: a zero fourth multiplier means "same as green"
-                wb_raw[3] = wb_raw[1]
-            wb = tuple(float(wb_raw[index_at[o]]) for o in offsets)
+            wb = _canonical_wb(rp, offsets, index_at)
             white = float(rp.white_level)
             shutter = float(rp.other.shutter_speed)
             cam_to_srgb = _camera_matrix(rp)
@@ -157,10 +186,6 @@ def read_raw(path: str | Path) -> RawFrame:
         raise BatmanError(f"cannot read raw: {path} (mosaic of shape {bayer.shape})")
     if not white > max(black):
         raise BatmanError(f"cannot read raw: {path} (white level {white} not above black {max(black)})")
-    if wb[1] <= 0 or not all(np.isfinite(wb)) or min(wb) <= 0:
-        wb = (1.0, 1.0, 1.0, 1.0)
-    else:
-        wb = tuple(v / wb[1] for v in wb)
     make, model = _make_model(path)
     return RawFrame(path=str(path), bayer_u16=bayer, pattern=pattern, black=black, white=white,
                     exposure_s=shutter if shutter > 0 else None, make=make, model=model, wb=wb,

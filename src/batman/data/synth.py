@@ -62,13 +62,14 @@ class Camera:
         return FRAME_EXPOSURE_S * Fraction(round(self.ratio * 100), 100)
 
 
-def sample_camera(rng: np.random.Generator, ratio: tuple[float, float], noise: bool) -> Camera:
-    """Draw a camera: ratio log-uniform in `ratio`, noise levels from the sensor profile.
+def sample_camera(rng: np.random.Generator, ratio: tuple[float, float], noise: bool,
+                  xyz_to_cam: np.ndarray) -> Camera:
+    """Draw a video's capture: ratio log-uniform in `ratio`, white balance, noise levels from the
+    sensor profile; the colour matrix is the data set's one camera (as DRV's one RX100 VI).
 
     Noise levels are drawn even when `noise` is off, so that a clean data set has the same
     cameras and scenes as the noisy one of the same seed.
     """
-    xyz_to_cam = sample_xyz_to_cam(rng)
     camera = Camera(pattern=PATTERNS[rng.integers(len(PATTERNS))], black=BLACKS[rng.integers(len(BLACKS))],
                     white=WHITE, wb=sample_wb(rng), xyz_to_cam=xyz_to_cam,
                     cam_to_srgb=cam_to_srgb_from_xyz(xyz_to_cam),
@@ -279,10 +280,11 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
     shape = (size[0] // 2, size[1] // 2)  # the packed grid
     static_ids = [f"{i + 1:04d}" for i in range(videos)]
     dynamic_ids = [f"M{j:04d}" for j in range(dynamic)]
+    xyz_to_cam = sample_xyz_to_cam(np.random.default_rng([seed, 2]))
     jobs = [(vid, 0, i) for i, vid in enumerate(static_ids)] + [(vid, 1, j) for j, vid in enumerate(dynamic_ids)]
     for vid, moving, index in tqdm(jobs, desc="synth", unit="video", disable=None):
         rng = np.random.default_rng([seed, moving, index])
-        camera = sample_camera(rng, ratio, noise)
+        camera = sample_camera(rng, ratio, noise, xyz_to_cam)
         if not moving:
             views, info = static_scene(sources, shape, rng)
         elif index % 2 == 0:

@@ -26,7 +26,6 @@ from batman.model.fusion import MFF
 from batman.model.unet import SIDUNet
 
 PAD_MULTIPLE = 32  # the encoder's deepest stride
-SKIP_WIDTH = 8     # full-resolution channels of the `skip` head; 16 made clstm 1.2x slower on CPU (918x1374)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
@@ -58,7 +57,7 @@ class ShuffleHead(nn.Module):
     """3x3 conv to 3 * (4s)^2 channels, then PixelShuffle(4s). The running mean, if given, joins
     at stride 4 by space-to-depth."""
 
-    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool):
+    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int = 0):
         super().__init__()
         extra = in_ch * 16 if mean_input else 0
         self.conv = nn.Conv2d(feat_ch + extra, 3 * (4 * scale) ** 2, 3, padding=1)
@@ -71,10 +70,10 @@ class ShuffleHead(nn.Module):
 
 
 class SkipHead(nn.Module):
-    """Features shuffled to SKIP_WIDTH channels on the output grid, concatenated with the input
+    """Features shuffled to `width` channels on the output grid, concatenated with the input
     frame (and running mean), upsampled by s, then three 3x3 convs to RGB."""
 
-    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int = SKIP_WIDTH):
+    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int):
         super().__init__()
         self.scale = scale
         self.up = nn.Sequential(nn.Conv2d(feat_ch, width * (4 * scale) ** 2, 1), nn.PixelShuffle(4 * scale),
@@ -126,7 +125,7 @@ class VideoNet(nn.Module):
         self.encoder = Encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
         self.fusion = MFF(Encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
-        self.head = HEADS[cfg.head](cfg.hidden, in_channels, cfg.scale, cfg.mean_input)
+        self.head = HEADS[cfg.head](cfg.hidden, in_channels, cfg.scale, cfg.mean_input, cfg.head_width)
 
     def running_mean(self, x, state):
         """Causal mean of the input frames: x (B, T, C, H, W) -> (mean (B, T, C, H, W), (sum, count))."""

@@ -1,0 +1,88 @@
+"""Benchmarks: the quick runs produce what the tables promise; the memory count adds up and scales right."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from batman.bench import SavedTensorCounter, markdown_table, memory_estimate_cpu
+from batman.cli import main
+from batman.config import make_config
+
+
+def test_infer_quick_writes_three_models_with_flops(tmp_path, capsys):
+    assert main(["bench", "infer", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "infer.json").read_text())
+    rows = result["devices"]["cpu"]["rows"]
+    assert {r["model"] for r in rows} == {"clstm", "conv3d", "unet"}
+    for r in rows:
+        assert r["gflop_per_frame"] > 0 and r["params"] > 0
+        assert set(r["time_ms"]) == {"contiguous", "channels_last"} and min(r["time_ms"].values()) > 0
+        assert r["best_time_ms"] == min(r["time_ms"].values())
+    ratios = {r["model"]: r["ratio"] for r in result["devices"]["cpu"]["ratios_to_unet"]}
+    assert set(ratios) == {"clstm", "conv3d"} and all(v > 0 for v in ratios.values())
+    # the U-Net does more arithmetic per frame than the recurrent model on the same input
+    flops = {r["model"]: r["gflop_per_frame"] for r in rows}
+    assert flops["unet"] > flops["clstm"]
+    assert "time / unet" in capsys.readouterr().out
+
+
+def test_memory_quick_prints_estimate_beside_budget(tmp_path, capsys):
+    assert main(["bench", "memory", "--quick", "--preset", "1080", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 1080 " in out and "OK" in out
+    result = json.loads((tmp_path / "memory_quick.json").read_text())["presets"]["1080"]
+    parts = ("params_bytes", "grads_bytes", "adam_bytes", "activations_bytes", "recompute_bytes")
+    assert result["total_bytes"] == pytest.approx(sum(result[k] for k in parts))
+    assert result["adam_bytes"] == 2 * result["params_bytes"] == 2 * result["grads_bytes"]
+
+
+def test_memory_estimate_grows_with_crop_and_frames():
+    def estimate(crop, frames, batch=1):
+        cfg = make_config("titan", {"data.crop": crop, "data.frames": frames, "train.batch": batch})
+        return memory_estimate_cpu(cfg)
+
+    small, large = estimate((32, 32), 2), estimate((64, 96), 2)
+    assert large["activations_bytes"] > 5 * small["activations_bytes"]  # 6x the pixels
+    assert large["total_bytes"] > small["total_bytes"]
+    # the scaling from the probe's frames to B*T holds: 1 frame measured x2 == 2 frames measured
+    one, two = estimate((64, 64), 1), estimate((64, 64), 2)
+    assert one["probe_frames"] == 1 and two["probe_frames"] == 2
+    assert two["activations_bytes"] == pytest.approx(2 * one["activations_bytes"], rel=0.02)
+    scaled = estimate((64, 64), 4, batch=2)  # measured on 2 frames, scaled to 8
+    assert scaled["activations_bytes"] == pytest.approx(4 * two["activations_bytes"], rel=1e-6)
+
+
+def test_saved_tensor_counter_counts_views_once_and_skips_parameters():
+    w = torch.nn.Parameter(torch.rand(100))
+    x = torch.rand(100, requires_grad=True)
+    counter = SavedTensorCounter({w.untyped_storage().data_ptr()})
+    with counter.hooks():
+        y = x * 2  # a product with a number saves no tensor
+        z = y.view(10, 10)
+        loss = (z * z.t().t()).sum() + (w * y).sum()  # z twice (views of y), w is a parameter
+    loss.backward()
+    assert counter.total == y.untyped_storage().nbytes()  # 400 bytes: y's storage, once
+
+
+def test_markdown_table_aligns_columns():
+    text = markdown_table(["a", "bb"], [[1, 22], [333, 4]]).splitlines()
+    assert len({len(line) for line in text}) == 1 and text[1].startswith("|--")
+
+
+@pytest.mark.slow
+def test_export_bench_quick(tmp_path):
+    from batman.bench import bench_export
+    result = bench_export(tmp_path, quick=True)
+    assert result["fps_ratio"] > 0 and result["rss_ratio"] > 0
+    assert (tmp_path / "export.json").is_file()
+
+
+@pytest.mark.slow
+def test_quality_bench_quick(tmp_path):
+    from batman.bench import bench_quality
+    result = bench_quality(tmp_path, quick=True)
+    assert set(result["splits"]) == {"test", "dynamic"}
+    assert {"clstm", "conv3d", "unet", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
+    assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
