@@ -188,3 +188,19 @@ def test_white_balance_multiplies_the_raw_input(tmp_path):
     x0, x1 = next(iter_frames(video, plain)), next(iter_frames(video, balanced))
     expected = np.clip(x0 * np.asarray(video.wb, np.float32).reshape(4, 1, 1), 0, 1)
     np.testing.assert_allclose(x1, expected, rtol=1e-6)
+
+
+def test_noise_map_channel_follows_the_gain_and_survives_transposes(tmp_path):
+    from batman.data.synth import synthesize
+    synthesize(tmp_path, videos=3, frames=4, size=(64, 96), seed=12)
+    cfg = make_config("", {"data.noise_map": True, "data.crop": (8, 8), "data.frames": 2}).data
+    assert cfg.in_channels == 5
+    video = load_split(tmp_path, "train")[0]
+    frame = next(iter_frames(video, cfg))
+    expected = np.log(min(video.gains[0], cfg.max_gain)) / np.log(cfg.max_gain)
+    assert frame.shape[0] == 5 and np.allclose(frame[4], expected)
+    ds = ClipDataset([video], cfg, train=True, seed=0)
+    for i in range(len(ds)):
+        assert torch.allclose(ds[i]["input"][:, 4], torch.tensor(expected, dtype=torch.float32))
+    x = np.arange(5 * 2 * 2, dtype=np.float32).reshape(5, 2, 2)
+    assert np.array_equal(flip_clip(x, False, False, True, packed=True)[4], x[4].T)

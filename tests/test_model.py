@@ -145,13 +145,6 @@ def test_odd_sizes_are_padded_and_cropped_back(name, scale):
     assert frame.shape == (1, 3, 70 * scale, 94 * scale)
 
 
-def test_noise_map_adds_an_input_channel():
-    model = build_model(tiny(noise_map=True), 4).eval()
-    with torch.no_grad():
-        y, _ = model(clip(t=1, c=5))
-    assert model.in_channels == 5 and y.shape == (1, 1, 3, 64, 64)
-
-
 def test_unet_has_the_sid_parameter_count():
     for scale in (1, 2):
         params = sum(p.numel() for p in build_model(ModelCfg(name="unet", scale=scale), 4).parameters())

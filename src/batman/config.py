@@ -30,12 +30,15 @@ class DataCfg:
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)
+    noise_map: bool = False   # append a noise-level channel (log gain / log max_gain): for one sensor the
+                              # gain sets the noise of the gained signal (EMVD conditions on such a map)
     white_balance: bool = True  # multiply raw input by the file's as-shot white balance (spares the
                                 # network guessing each scene's illuminant; DRV's ARWs carry it)
 
     @property
     def in_channels(self) -> int:
-        return 4 if self.mode == "raw" else 3
+        """The model's input channels: packed raw 4 or rawRGB 3, plus the noise map."""
+        return (4 if self.mode == "raw" else 3) + int(self.noise_map)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,6 @@ class ModelCfg:
     head: str = "skip"        # shuffle (plain conv + pixel shuffle) | skip (full-resolution refinement)
     head_width: int = 8       # channels of the skip head's full-resolution branch (runs on every pixel: costly)
     scale: int = 1            # output grid = input grid * scale (1 or 2)
-    noise_map: bool = False   # append a per-pixel noise-level channel to the input
     mean_input: bool = False  # feed the causal running mean of the inputs to the head
     encoder_weights: str = "" # local torchvision resnet18 state dict (ImageNet); empty: random init
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)

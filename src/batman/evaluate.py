@@ -31,11 +31,13 @@ class BaselineISP:
     """The plain camera pipeline for one video: white balance and camera -> sRGB matrix."""
     wb: np.ndarray
     cam_to_srgb: np.ndarray
+    packed: bool = True  # input is packed R, G1, G2, B (raw mode), else camera RGB (rawrgb)
 
     def process(self, frame: np.ndarray, scale: int = 1) -> np.ndarray:
-        """Gained model input (C, H, W) -> sRGB (sH, sW, 3); 3-channel rawRGB skips the green average."""
+        """Gained model input (C, H, W) -> sRGB (sH, sW, 3); rawRGB skips the green average and
+        channels past the colour ones (the noise map) are ignored."""
         from batman.data.isp import traditional_pipeline
-        packed = frame if frame.shape[0] == 4 else np.stack([frame[0], frame[1], frame[1], frame[2]])
+        packed = frame[:4] if self.packed else np.stack([frame[0], frame[1], frame[1], frame[2]])
         rgb = traditional_pipeline(packed, self.wb, self.cam_to_srgb)
         return rgb.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else rgb
 
@@ -55,7 +57,7 @@ def baseline_isp(video, cfg: Config) -> BaselineISP:
         wb = np.ones(3) if balanced else np.asarray(frame.wb, float)[[0, 1, 3]]
         matrix = frame.cam_to_srgb if frame.cam_to_srgb is not None else np.eye(3)
         return BaselineISP(wb, matrix)
-    return BaselineISP(np.ones(3), np.eye(3))
+    return BaselineISP(np.ones(3), np.eye(3), packed=cfg.data.mode == "raw")
 
 
 class Scores:

@@ -35,8 +35,8 @@ def flip_clip(x: np.ndarray, hflip: bool, vflip: bool, transpose: bool, packed: 
         x = x[..., ::-1, :]
     if transpose:
         x = np.swapaxes(x, -1, -2)
-        if packed:
-            x = x[..., [0, 2, 1, 3], :, :]
+        if packed:  # channels after the fourth (the noise map) do not move
+            x = x[..., [0, 2, 1, 3, *range(4, x.shape[-3])], :, :]
     return np.ascontiguousarray(x)
 
 
@@ -47,6 +47,12 @@ def gained(x: np.ndarray, gain: float, max_gain: float, wb: tuple[float, ...] | 
         scale = scale * np.asarray(wb, dtype=np.float32).reshape(-1, 1, 1)
     x *= scale
     return np.clip(x, 0.0, 1.0, out=x)
+
+
+def with_noise_map(x: np.ndarray, gain: float, max_gain: float) -> np.ndarray:
+    """Append a constant channel log(gain) / log(max_gain): the noise level of a gained frame of one sensor."""
+    level = np.float32(np.log(max(min(gain, max_gain), 1.0)) / np.log(max(max_gain, 2.0)))
+    return np.concatenate([x, np.full((1, *x.shape[1:]), level, np.float32)])
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ class FrameReader:
         else:
             x = self._raw(path, rows, cols)
         wb = video.wb if self.cfg.white_balance and video.mode == "raw" else None
-        return gained(x, video.gains[i], self.cfg.max_gain, wb)
+        x = gained(x, video.gains[i], self.cfg.max_gain, wb)
+        return with_noise_map(x, video.gains[i], self.cfg.max_gain) if self.cfg.noise_map else x
 
     def _raw(self, path: Path, rows: slice, cols: slice) -> np.ndarray:
         entry = self.cache.entry(path) if self.cache is not None else None

@@ -184,24 +184,19 @@ def conv3d(cfg: ModelCfg, in_channels: int) -> VideoNet:
 MODELS = {"clstm": clstm, "conv3d": conv3d, "unet": FrameNet}
 
 
-def model_in_channels(cfg: ModelCfg, in_channels: int) -> int:
-    """Channels of the model's input: the data's (4 packed raw, 3 rawRGB) plus the noise map."""
-    return in_channels + int(cfg.noise_map)
-
-
 def build_model(cfg: ModelCfg, in_channels: int) -> nn.Module:
-    """The network named by cfg.name for data with `in_channels` channels (DataCfg.in_channels;
-    the noise map channel, if cfg.noise_map, is added here)."""
+    """The network named by cfg.name for data with `in_channels` channels (DataCfg.in_channels:
+    4 packed raw or 3 rawRGB, plus 1 with the noise map)."""
     if cfg.name not in MODELS:
         raise BatmanError(f"unknown model.name {cfg.name!r}; choose one of {', '.join(MODELS)}")
     if cfg.scale < 1:
         raise BatmanError(f"model.scale must be a positive integer (1 or 2), got {cfg.scale}")
-    return MODELS[cfg.name](cfg, model_in_channels(cfg, in_channels))
+    return MODELS[cfg.name](cfg, in_channels)
 
 
 def describe_models(cfg: Config) -> str:
     """A table of the variants for a full Config: parameters and clip shapes at its crop and clip length."""
-    c = model_in_channels(cfg.model, cfg.data.in_channels)
+    c = cfg.data.in_channels
     (h, w), t, s = cfg.data.crop, cfg.data.frames, cfg.model.scale
     shape_in, shape_out = f"(B,{t},{c},{h},{w})", f"(B,{t},3,{h * s},{w * s})"
     m = cfg.model
@@ -215,5 +210,5 @@ def describe_models(cfg: Config) -> str:
     lines = ["  ".join(v.ljust(wd) for v, wd in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * wd for wd in widths))
     lines.append(f"data mode {cfg.data.mode}, head {m.head}, norm {m.norm}, hidden {m.hidden}, layers {m.layers}, "
-                 f"fusion {m.fusion}, scale {s}, noise_map {m.noise_map}, mean_input {m.mean_input}  (* selected)")
+                 f"fusion {m.fusion}, scale {s}, noise_map {cfg.data.noise_map}, mean_input {m.mean_input}  (* selected)")
     return "\n".join(lines)
