@@ -47,7 +47,7 @@ def _assert_consistent(cache: Path, n_frames: int) -> dict:
         counts = np.load(cache / entry["npy"], mmap_mode="r")
         assert list(counts.shape) == entry["shape"] and counts.dtype.name == entry["dtype"]
         assert np.array_equal(counts, decode_counts(cache.parent / key, manifest["bin"]).counts), key
-    assert not list(cache.rglob("*.tmp"))
+    assert not list(cache.rglob(".*.tmp*"))
     return manifest
 
 

@@ -302,8 +302,8 @@ def _run(tasks: list[_Task], folder: Path, bin: int, workers: int) -> Iterator[t
 
 
 def _remove_stale_temps(folder: Path) -> None:
-    """Temp files a killed run left behind (atomic_path names them .<name>.<random>.tmp)."""
-    for tmp in folder.rglob(".*.tmp"):
+    """Temp files a killed run left behind (atomic_path names them .<name>.<random>.tmp[.npy])."""
+    for tmp in folder.rglob(".*.tmp*"):
         tmp.unlink(missing_ok=True)
 
 
