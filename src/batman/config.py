@@ -51,9 +51,9 @@ class ModelCfg:
     t_kernel: int = 3         # conv3d temporal extent (frames)
     norm: str = "group"       # batch | group | frozen
     head: str = "skip"        # shuffle (plain conv + pixel shuffle) | skip (full-resolution refinement)
-    head_width: int = 8       # channels of the skip head's full-resolution branch (runs on every pixel: costly)
+    head_width: int = 16      # channels of the skip head's full-resolution branch (runs on every pixel: costly)
     scale: int = 1            # output grid = input grid * scale (1 or 2)
-    mean_input: bool = False  # feed the causal running mean of the inputs to the head
+    mean_input: bool = True   # feed the causal running mean of the inputs to the head
     encoder_weights: str = "" # local torchvision resnet18 state dict (ImageNet); empty: random init
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)
 
@@ -115,7 +115,7 @@ PRESETS: dict[str, dict] = {
     "cpu": {"data.crop": (128, 128), "data.frames": 8, "train.batch": 2, "train.steps_per_epoch": 100,
             "train.val_clips": 8},
     "demo": {"data.crop": (64, 64), "data.frames": 6, "train.batch": 2, "train.steps_per_epoch": 40,
-             "train.epochs": 8, "train.val_clips": 4, "train.lr": 1e-3, "data.clips_per_video": 8},
+             "train.epochs": 12, "train.val_clips": 4, "train.lr": 1e-3, "data.clips_per_video": 8},
 }
 
 
