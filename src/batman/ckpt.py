@@ -55,8 +55,12 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def checkpoint_config(ckpt: dict) -> Config:
-    return Config.from_json(ckpt["config"])
+def checkpoint_config(ckpt: dict, path: str | Path = "checkpoint") -> Config:
+    """The config a checkpoint was trained with; one written by an incompatible version is named."""
+    try:
+        return Config.from_json(ckpt["config"])
+    except (BatmanError, ValueError) as e:
+        raise BatmanError(f"{path} was written by an incompatible batman version ({e})") from None
 
 
 def describe_model(cfg: Config) -> str:
@@ -117,7 +121,7 @@ def load_model(path: str | Path | None, device: str | torch.device = "cpu", fold
 
     path = Path(path) if path else best_checkpoint(folder)
     ckpt = load_checkpoint(path)
-    cfg = checkpoint_config(ckpt)
+    cfg = checkpoint_config(ckpt, path)
     model = build_model(cfg.model, cfg.data.in_channels)
     load_state_strict(model, ckpt["model"], path)
     return model.to(device).eval(), cfg

@@ -260,7 +260,7 @@ def find_resume_checkpoint(out: Path, resume: str | None) -> tuple[Path | None, 
 
 
 def restore(ckpt: dict, path: Path, model, opt, scaler, sched, cfg: Config) -> Progress:
-    ckpts.check_same_model(path, ckpts.checkpoint_config(ckpt), cfg)
+    ckpts.check_same_model(path, ckpts.checkpoint_config(ckpt, path), cfg)
     net = model.module if hasattr(model, "module") else model
     ckpts.load_state_strict(net, ckpt["model"], path)
     opt.load_state_dict(ckpt["optimizer"])
