@@ -75,13 +75,13 @@ def _make_handler(host: FakeHost):
             self.end_headers()
             if send_body:
                 body = body if drop is None else body[:drop]
+                with host.lock:  # counted before writing: the client cannot finish before the count
+                    host.bytes_sent += len(body)
                 try:
                     self.wfile.write(body)
                     self.wfile.flush()
                 except OSError:
                     return
-                with host.lock:
-                    host.bytes_sent += len(body)
 
     return Handler
 
