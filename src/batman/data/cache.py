@@ -25,6 +25,7 @@ import numpy as np
 
 from batman.config import BatmanError
 from batman.data import drv
+from batman.data.raw import read_header
 from batman.files import atomic_path, atomic_write_text, format_bytes, free_bytes
 
 MANIFEST = "manifest.json"
@@ -248,7 +249,7 @@ def _long_entries(root: Path, old: dict, skip_bad: bool) -> dict:
             entries[key] = old[key]
             continue
         try:
-            exposure = drv.raw_header(path).exposure_s
+            exposure = read_header(path).exposure_s
         except BatmanError as e:
             if not skip_bad:
                 raise BatmanError(f"corrupt long exposure raw: {e}; rerun with --skip-bad to go on") from None
@@ -267,7 +268,7 @@ def _estimate_bytes(tasks: list[_Task], bin: int) -> int:
         folder = task.path.parent
         if folder not in per_video:
             try:
-                header = drv.raw_header(task.path)
+                header = read_header(task.path)
             except BatmanError:
                 header = None  # a corrupt first frame; prepare reports it properly
             if header is None:

@@ -19,12 +19,11 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from batman.config import BatmanError
-from batman.data.raw import read_white_balance
+from batman.data.raw import read_header
 
 RAW_SUFFIXES = frozenset({".arw", ".dng"})
 # `--input FOLDER` takes any camera's raw format that LibRaw reads (the DRV layout needs only ARW/DNG)
@@ -140,31 +139,6 @@ def read_meta(root: Path, video_id: str) -> dict:
         raise BatmanError(f"cannot read {path}: {e}") from None
 
 
-# --- headers (cheap: no pixel decoding) ------------------------------------------------------
-
-class RawHeader(NamedTuple):
-    size: tuple[int, int]       # visible mosaic (H, W)
-    exposure_s: float | None
-    white: float
-
-
-def raw_header(path: Path) -> RawHeader:
-    """Size, exposure and white level from a raw file's header, without decoding pixels (~1 ms)."""
-    import rawpy
-    try:
-        rp = rawpy.RawPy()
-        try:
-            rp.open_file(str(path))
-            size = (int(rp.sizes.height), int(rp.sizes.width))
-            shutter = float(rp.other.shutter_speed)
-            white = float(rp.white_level)
-        finally:
-            rp.close()
-    except Exception as e:  # LibRaw errors: unreadable or unsupported header
-        raise BatmanError(f"cannot read raw: {path} ({type(e).__name__}: {e})") from None
-    return RawHeader(size, shutter if shutter > 0 else None, white)
-
-
 def png_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image from its header."""
     from PIL import Image
@@ -246,7 +220,8 @@ def _frame_facts(frames: list[Path], mode: str, cache) -> tuple[list[Path], list
         elif entry is not None:
             size, exposure = tuple(entry["mosaic"]), entry["exposure_s"]
         else:
-            size, exposure, _ = raw_header(path)
+            header = read_header(path)
+            size, exposure = header.size, header.exposure_s
         kept.append(path)
         sizes.append(size)
         exposures.append(exposure)
@@ -265,7 +240,7 @@ def _long_exposure(root: Path, video_id: str, cache) -> float | None:
     if path is None:
         return None
     cached = cache.long_exposure(path) if cache is not None else None
-    return cached if cached is not None else raw_header(path).exposure_s
+    return cached if cached is not None else read_header(path).exposure_s
 
 
 def _targets(root: Path, video_id: str, all_frames: list[Path], kept: list[Path]) -> tuple[Path, ...]:
@@ -302,7 +277,7 @@ def _load_video(root: Path, video_id: str, mode: str, cache) -> Video:
         gains = frame_gains(root, video_id, frames, exposures, _long_exposure(root, video_id, cache))
     else:
         gains = (1.0,) * len(frames)  # the authors' PNGs are already gained
-    wb = read_white_balance(frames[0]) if mode == "raw" else (1.0, 1.0, 1.0, 1.0)
+    wb = read_header(frames[0]).wb if mode == "raw" else (1.0, 1.0, 1.0, 1.0)
     return Video(id=video_id, frames=tuple(frames), targets=_targets(root, video_id, all_frames, frames),
                  gains=gains, meta=read_meta(root, video_id), mode=mode, size=sizes[0], wb=wb)
 
@@ -326,7 +301,8 @@ def folder_video(folder: str | Path, gain: float = 1.0) -> Video:
     frames = list_raw_files(folder, ANY_RAW_SUFFIXES)
     if not frames:
         raise BatmanError(f"input folder {folder} has no raw frames (.ARW, .dng, .CR2, .NEF, ...)")
-    sizes = [raw_header(p).size for p in frames]
+    headers = [read_header(p) for p in frames]
+    sizes = [h.size for h in headers]
     _check_sizes(frames, sizes)
     return Video(id=folder.name, frames=tuple(frames), targets=(), gains=(float(gain),) * len(frames),
-                 meta={}, mode="raw", size=sizes[0], wb=read_white_balance(frames[0]))
+                 meta={}, mode="raw", size=sizes[0], wb=headers[0].wb)
