@@ -14,7 +14,7 @@ import torch
 from batman import ckpt
 from batman.config import BatmanError, make_config
 from batman.export import Enhancer, export, ramp_weights, tile_starts, to_uint8
-from batman.model.net import build_model
+from batman.model.net import build_model, model_for
 from conftest import fixture_path
 
 SMALL_MODEL = {"model.hidden": 16, "model.fusion": 16}
@@ -24,7 +24,7 @@ def save_untrained(path: Path, **overrides) -> Path:
     """A checkpoint of a freshly initialised model: export needs weights, not good ones."""
     cfg = make_config("demo", {**SMALL_MODEL, **overrides})
     torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.data.in_channels)
+    model = model_for(cfg)
     ckpt.save_checkpoint(path, {"model": model.state_dict(), "config": cfg.to_json()})
     return path
 

@@ -79,8 +79,10 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
 
 @pytest.mark.parametrize("cfg", [tiny(name="clstm"), tiny(name="clstm", mean_input=True, head="shuffle"),
                                  tiny(name="clstm", mean_input=True), tiny(name="conv3d"),
-                                 tiny(name="conv3d", t_kernel=2, mean_input=True), tiny(name="unet")],
-                         ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet"])
+                                 tiny(name="conv3d", t_kernel=2, mean_input=True), tiny(name="unet"),
+                                 tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2)],
+                         ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
+                              "clstm-recursive", "conv3d-recursive-x2"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()
@@ -91,7 +93,7 @@ def test_clip_equals_frame_by_frame_steps(cfg):
         # and a clip split in two calls with the state carried over
         first, state = model(x[:, :3])
         second, _ = model(x[:, 3:], detach_state(state))
-    assert whole.shape == (1, 4, 3, 64, 64)
+    assert whole.shape == (1, 4, 3, 64 * cfg.scale, 64 * cfg.scale)
     assert (whole - stepped).abs().max() < 1e-5
     assert (whole - torch.cat([first, second], 1)).abs().max() < 1e-5
 
@@ -102,8 +104,55 @@ def test_mean_input_changes_the_output_over_time():
     assert model(clip())[1] is None  # single frame: the state passes through
     model = build_model(tiny(name="clstm", mean_input=True), 4).eval()
     _, state = model(clip(t=3))
-    total, count = state["mean"]
+    total, count = state["head"]
     assert count == 3 and torch.allclose(total, clip(t=3).sum(1))
+
+
+@pytest.mark.parametrize("name", ["clstm", "conv3d"])
+def test_recursive_head_starts_as_the_temporal_mean_through_a_camera_pipeline(name):
+    """Untrained, the recursive head outputs gamma(running mean of R, mean G, B): the temporal-mean
+    baseline with an identity colour matrix; the filter state is that running mean."""
+    from batman.data.isp import gamma_srgb
+    torch.manual_seed(0)
+    model = build_model(tiny(name=name, head="recursive"), 4).eval()
+    x = clip(t=5, h=40, w=56)
+    with torch.no_grad():
+        y, state = model(x)
+    mean = x.cumsum(1) / torch.arange(1, 6).view(1, -1, 1, 1, 1)
+    rgb = torch.stack([mean[:, :, 0], (mean[:, :, 1] + mean[:, :, 2]) / 2, mean[:, :, 3]], 2)
+    expected = torch.from_numpy(gamma_srgb(rgb.double().numpy())).float()
+    assert y.shape == expected.shape
+    assert (y - expected).abs().max() < 0.01  # the gate starts at sigmoid(-6), not exactly 0
+    filtered, count = state["head"]
+    assert count == 5 and (filtered[..., :40, :56] - mean[:, -1]).abs().max() < 0.01  # state on the padded grid
+
+
+def test_recursive_head_forgets_where_its_gate_opens():
+    """With the gate forced open the filter keeps only the newest frame: no ghost of the past."""
+    torch.manual_seed(0)
+    model = build_model(tiny(head="recursive"), 4).eval()
+    nn.init.constant_(model.head.gate.bias, 30.0)
+    x = clip(t=4, h=32, w=32)
+    with torch.no_grad():
+        _, state = model(x)
+    assert torch.allclose(state["head"][0], x[:, -1], atol=1e-6)  # 32x32 needs no padding
+
+
+def test_tone_curve_is_monotone_and_starts_as_srgb_gamma():
+    from batman.data.isp import gamma_srgb
+    from batman.model.net import ToneCurve
+    curve = ToneCurve()
+    x = torch.linspace(-0.1, 1.1, 1001)
+    y = curve(x).detach()
+    assert torch.all(y[1:] >= y[:-1])
+    inside = (x >= 0) & (x <= 1)
+    assert (y[inside] - torch.from_numpy(gamma_srgb(x[inside].double().numpy())).float()).abs().max() < 0.02
+    with torch.no_grad():
+        curve.raw_steps.uniform_(-5, 5)
+    y = curve(x)
+    assert torch.all(y[1:] >= y[:-1] - 1e-7)
+    y.sum().backward()
+    assert curve.raw_steps.grad.abs().sum() > 0
 
 
 def test_conv3d_is_causal():
@@ -134,10 +183,10 @@ def test_causal_conv3d_equals_a_past_padded_conv3d():
 
 # --- sizes, norms, channels_last ------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name,head", [(name, "skip") for name in MODELS] + [("clstm", "recursive")])
 @pytest.mark.parametrize("scale", [1, 2])
-def test_odd_sizes_are_padded_and_cropped_back(name, scale):
-    model = build_model(tiny(name=name, scale=scale), 3).eval()
+def test_odd_sizes_are_padded_and_cropped_back(name, head, scale):
+    model = build_model(tiny(name=name, scale=scale, head=head), 3, packed=False).eval()
     with torch.no_grad():
         y, _ = model(clip(t=2, c=3, h=70, w=94))
         frame, _ = model.step(clip(t=1, c=3, h=70, w=94)[:, 0], None)

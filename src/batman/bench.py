@@ -310,11 +310,11 @@ def _export_worker(job: dict) -> dict:
     import batman.evaluate  # noqa: F401  (export_video imports it on its first call: not per-frame work)
     from batman.data.drv import load_video
     from batman.export import Enhancer, export_video
-    from batman.model.net import build_model
+    from batman.model.net import model_for
 
     cfg = make_config("", {"data.root": job["root"]})
     torch.manual_seed(0)
-    net = build_model(cfg.model, cfg.data.in_channels).eval()
+    net = model_for(cfg).eval()
     video = load_video(job["root"], job["video"])
     device = job["device"]
     net = net.to(device)
@@ -463,9 +463,9 @@ def _random_batch(cfg: Config, batch: int, frames: int, device) -> dict:
 def _encoder_stage_bytes(cfg: Config, frames: int) -> dict[str, int]:
     """Saved bytes of each checkpointed encoder stage on `frames` frames (a forward without checkpointing):
     with checkpointing, backward recomputes one stage at a time, so the largest is live on top."""
-    from batman.model.net import build_model
+    from batman.model.net import model_for
 
-    model = build_model(replace(cfg.model, checkpointing=False), cfg.data.in_channels).train()
+    model = model_for(replace(cfg, model=replace(cfg.model, checkpointing=False))).train()
     counter = SavedTensorCounter(_param_ptrs(model))
     enc = model.encoder
     marks = {"stem": enc.conv1, "layer1": enc.layer1, "layer2": enc.layer2, "layer3": enc.layer3,
@@ -490,7 +490,7 @@ def memory_estimate_cpu(cfg: Config, probe_frames: int = 2) -> dict:
     two moments are counted from the tensors. With checkpointing, the largest encoder stage (recomputed
     in backward) is added.
     """
-    from batman.model.net import build_model
+    from batman.model.net import model_for
     from batman.train import train_step
 
     B, T = cfg.train.batch, cfg.data.frames
@@ -498,7 +498,7 @@ def memory_estimate_cpu(cfg: Config, probe_frames: int = 2) -> dict:
     n = max(1, min(probe_frames, B * live_T))
     probe = apply_overrides(cfg, {"train.batch": 1, "data.frames": n, "train.bptt": 0})
     torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.data.in_channels).train()
+    model = model_for(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     counter = SavedTensorCounter(_param_ptrs(model))
     start = time.perf_counter()
@@ -525,14 +525,14 @@ def memory_estimate_cpu(cfg: Config, probe_frames: int = 2) -> dict:
 def memory_measure_cuda(cfg: Config, steps: int = 4) -> dict:
     """Peak `torch.cuda.max_memory_allocated` over `steps` real training steps as train.py runs them
     (AdamW, AMP per cfg.train.amp), and images/s (B*T / step time, median of the steps after the first)."""
-    from batman.model.net import build_model
+    from batman.model.net import model_for
     from batman.train import amp_settings, train_step
 
     device = torch.device("cuda")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.data.in_channels).to(device).train()
+    model = model_for(cfg).to(device).train()
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None

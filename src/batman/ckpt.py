@@ -117,11 +117,11 @@ def prune_checkpoints(folder: str | Path, keep: int) -> None:
 
 def load_model(path: str | Path | None, device: str | torch.device = "cpu", folder: str | Path = "trained_model"):
     """Build the model a checkpoint describes and load its weights: (model in eval mode, config)."""
-    from batman.model.net import build_model
+    from batman.model.net import model_for
 
     path = Path(path) if path else best_checkpoint(folder)
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
-    model = build_model(cfg.model, cfg.data.in_channels)
+    model = model_for(cfg)
     load_state_strict(model, ckpt["model"], path)
     return model.to(device).eval(), cfg

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from batman import ckpt as ckpts
 from batman.config import BatmanError, Config
 from batman.files import atomic_path
-from batman.model.net import build_model, detach_state
+from batman.model.net import detach_state, model_for
 
 
 # --- set-up ---------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
 
     train_set, loader, sampler, val_loader = build_data(cfg, d)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, cfg.data.in_channels).to(device)
+    model = model_for(cfg).to(device)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # constant lr; kept in checkpoints

@@ -51,7 +51,15 @@ def detach_state(state):
     return state
 
 
-# --- heads: stride-4 features (+ input frame, + running mean) -> output grid ---------------------
+# --- heads: stride-4 features of a clip + its input frames (+ the head's state) -> output clip ------
+
+def running_mean(x: torch.Tensor, state):
+    """Causal mean of the input frames: x (B, T, C, H, W) -> (mean (B, T, C, H, W), (sum, count))."""
+    total, count = state if state is not None else (torch.zeros_like(x[:, 0]), 0)
+    sums = total.unsqueeze(1) + x.cumsum(1)
+    counts = torch.arange(count + 1, count + x.shape[1] + 1, device=x.device, dtype=x.dtype)
+    return sums / counts.view(1, -1, 1, 1, 1), (sums[:, -1], count + x.shape[1])
+
 
 class ShuffleHead(nn.Module):
     """3x3 conv to 3 * (4s)^2 channels, then PixelShuffle(4s). The running mean, if given, joins
@@ -59,14 +67,18 @@ class ShuffleHead(nn.Module):
 
     def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int = 0):
         super().__init__()
+        self.mean_input = mean_input
         extra = in_ch * 16 if mean_input else 0
         self.conv = nn.Conv2d(feat_ch + extra, 3 * (4 * scale) ** 2, 3, padding=1)
         self.shuffle = nn.PixelShuffle(4 * scale)
 
-    def forward(self, feats, frame, mean):
-        if mean is not None:
-            feats = torch.cat([feats, F.pixel_unshuffle(mean, 4)], 1)
-        return self.shuffle(self.conv(feats))
+    def forward(self, feats, frames, state):
+        """feats (B, T, F, H/4, W/4), frames (B, T, C, H, W) -> (y (B, T, 3, sH, sW), state)."""
+        x = feats.flatten(0, 1)
+        if self.mean_input:
+            mean, state = running_mean(frames, state)
+            x = torch.cat([x, F.pixel_unshuffle(mean.flatten(0, 1), 4)], 1)
+        return self.shuffle(self.conv(x)).unflatten(0, feats.shape[:2]), state
 
 
 class SkipHead(nn.Module):
@@ -75,7 +87,7 @@ class SkipHead(nn.Module):
 
     def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int):
         super().__init__()
-        self.scale = scale
+        self.scale, self.mean_input = scale, mean_input
         self.up = nn.Sequential(nn.Conv2d(feat_ch, width * (4 * scale) ** 2, 1), nn.PixelShuffle(4 * scale),
                                 nn.LeakyReLU(0.2, inplace=True))
         refine_in = width + in_ch * (2 if mean_input else 1)
@@ -84,14 +96,91 @@ class SkipHead(nn.Module):
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, 3, 3, padding=1))
 
-    def forward(self, feats, frame, mean):
-        parts = [self.up(feats), upsample(frame, self.scale)]
-        if mean is not None:
-            parts.append(upsample(mean, self.scale))
-        return self.refine(torch.cat(parts, 1))
+    def forward(self, feats, frames, state):
+        parts = [self.up(feats.flatten(0, 1)), upsample(frames.flatten(0, 1), self.scale)]
+        if self.mean_input:
+            mean, state = running_mean(frames, state)
+            parts.append(upsample(mean.flatten(0, 1), self.scale))
+        return self.refine(torch.cat(parts, 1)).unflatten(0, feats.shape[:2]), state
 
 
-HEADS = {"shuffle": ShuffleHead, "skip": SkipHead}
+class ToneCurve(nn.Module):
+    """A learned monotone curve on [0, 1]: piecewise linear through `knots` points spaced densely near
+    black, values = cumulative sums of positive steps, initialised to the sRGB gamma."""
+
+    def __init__(self, knots: int = 48):
+        super().__init__()
+        from batman.data.isp import gamma_srgb
+        import numpy as np
+        xs = np.linspace(0.0, 1.0, knots) ** 2.4
+        steps = np.diff(gamma_srgb(xs))
+        self.register_buffer("xs", torch.tensor(xs, dtype=torch.float32), persistent=False)
+        self.raw_steps = nn.Parameter(torch.tensor(np.log(np.expm1(steps)), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ys = torch.cat([self.raw_steps.new_zeros(1), F.softplus(self.raw_steps).cumsum(0)])
+        x = x.clamp(0.0, 1.0)
+        i = torch.bucketize(x.detach().contiguous(), self.xs[1:-1])
+        x0, x1, y0, y1 = self.xs[i], self.xs[i + 1], ys[i], ys[i + 1]
+        return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
+
+
+class RecursiveHead(nn.Module):
+    """A motion-adaptive recursive filter of the raw input, a learned camera pipeline and a residual.
+
+        m_t = m_{t-1} + k_t (x_t - m_{t-1}),  k_t = 1/t + (1 - 1/t) sigmoid(g_t)
+        y_t = curve(colour_matrix @ rgb(m_t)) + r_t
+
+    g_t (where to forget: motion) and r_t (what noise is left) come from full-resolution convs on the
+    upsampled features, x_t and m_{t-1}. At initialisation g is very negative and r is zero, so the
+    network starts as the causal temporal mean through a plain pipeline (identity colour matrix, sRGB
+    gamma) and training only has to learn the corrections, not the whole camera pipeline.
+    """
+
+    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int,
+                 packed: bool = True):
+        super().__init__()
+        self.scale, self.packed = scale, packed
+        self.up = nn.Sequential(nn.Conv2d(feat_ch, width * 16, 1), nn.PixelShuffle(4), nn.LeakyReLU(0.2, inplace=True))
+        self.body = nn.Sequential(
+            nn.Conv2d(width + 2 * in_ch, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        self.gate = nn.Conv2d(width, 1, 3, padding=1)
+        self.residual = nn.Sequential(nn.Conv2d(width + 3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+                                      nn.Conv2d(width, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+        for conv in (self.gate, self.residual[-2]):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        nn.init.constant_(self.gate.bias, -6.0)
+        self.colour = nn.Parameter(torch.eye(3))
+        self.curve = ToneCurve()
+
+    def camera_rgb(self, m: torch.Tensor) -> torch.Tensor:
+        """Packed R, G1, G2, B (or rawRGB) -> camera RGB; channels past the colour ones (noise map) dropped."""
+        if self.packed:
+            return torch.stack([m[:, 0], 0.5 * (m[:, 1] + m[:, 2]), m[:, 3]], 1)
+        return m[:, :3]
+
+    def pipeline(self, m: torch.Tensor) -> torch.Tensor:
+        """Filtered raw (B, C, H, W) -> sRGB on the input grid."""
+        return self.curve(torch.einsum("ij,bjhw->bihw", self.colour, self.camera_rgb(m)))
+
+    def forward(self, feats, frames, state):
+        b, t = feats.shape[:2]
+        up = self.up(feats.flatten(0, 1)).unflatten(0, (b, t))
+        m, count = state if state is not None else (frames[:, 0], 0)
+        outs = []
+        for i in range(t):
+            x = frames[:, i]
+            hidden = self.body(torch.cat([up[:, i], x, m], 1))
+            k = 1.0 / (count + 1) + (1.0 - 1.0 / (count + 1)) * torch.sigmoid(self.gate(hidden))
+            m, count = m + k * (x - m), count + 1
+            base = self.pipeline(m)
+            outs.append(upsample(base, self.scale) + self.residual(torch.cat([hidden, base], 1)))
+        return torch.stack(outs, 1), (m, count)
+
+
+HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
 
 
 # --- networks ---------------------------------------------------------------------------------
@@ -114,10 +203,10 @@ class ClipConvLSTM(nn.Module):
 class VideoNet(nn.Module):
     """Encoder + MFF on every frame (batched over B*T), a temporal module at stride 4, a head.
 
-    state = {"temporal": the temporal module's state, "mean": (running sum (B,C,H,W), frame count) or None}.
+    state = {"temporal": the temporal module's state, "head": the head's (running mean or filter) or None}.
     """
 
-    def __init__(self, cfg: ModelCfg, in_channels: int, temporal: nn.Module):
+    def __init__(self, cfg: ModelCfg, in_channels: int, temporal: nn.Module, packed: bool = True):
         super().__init__()
         if cfg.head not in HEADS:
             raise BatmanError(f"unknown model.head {cfg.head!r}; choose one of {', '.join(HEADS)}")
@@ -125,14 +214,8 @@ class VideoNet(nn.Module):
         self.encoder = Encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
         self.fusion = MFF(Encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
-        self.head = HEADS[cfg.head](cfg.hidden, in_channels, cfg.scale, cfg.mean_input, cfg.head_width)
-
-    def running_mean(self, x, state):
-        """Causal mean of the input frames: x (B, T, C, H, W) -> (mean (B, T, C, H, W), (sum, count))."""
-        total, count = state if state is not None else (torch.zeros_like(x[:, 0]), 0)
-        sums = total.unsqueeze(1) + x.cumsum(1)
-        counts = torch.arange(count + 1, count + x.shape[1] + 1, device=x.device, dtype=x.dtype)
-        return sums / counts.view(1, -1, 1, 1, 1), (sums[:, -1], count + x.shape[1])
+        head_args = (cfg.hidden, in_channels, cfg.scale, cfg.mean_input, cfg.head_width)
+        self.head = RecursiveHead(*head_args, packed=packed) if cfg.head == "recursive" else HEADS[cfg.head](*head_args)
 
     def forward(self, x: torch.Tensor, state: dict | None = None):
         b, t, _, h, w = x.shape
@@ -140,13 +223,8 @@ class VideoNet(nn.Module):
         frames = pad_to_multiple(x.flatten(0, 1))
         feats = self.fusion(self.encoder(frames))
         feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
-        mean, mean_state = None, None
-        if self.mean_input:
-            mean, mean_state = self.running_mean(x, state.get("mean"))
-            mean = pad_to_multiple(mean.flatten(0, 1))
-        y = self.head(feats.flatten(0, 1), frames, mean)
-        y = y[..., :h * self.scale, :w * self.scale].unflatten(0, (b, t))
-        return y, {"temporal": temporal_state, "mean": mean_state}
+        y, head_state = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"))
+        return y[..., :h * self.scale, :w * self.scale], {"temporal": temporal_state, "head": head_state}
 
     def step(self, frame: torch.Tensor, state: dict | None = None):
         y, state = self(frame.unsqueeze(1), state)
@@ -171,27 +249,37 @@ class FrameNet(nn.Module):
         return y[:, 0], state
 
 
-def clstm(cfg: ModelCfg, in_channels: int) -> VideoNet:
+def clstm(cfg: ModelCfg, in_channels: int, packed: bool = True) -> VideoNet:
     """Stacked ConvLSTM (cfg.layers x cfg.hidden, cfg.kernel) on the MFF features, frame by frame."""
-    return VideoNet(cfg, in_channels, ClipConvLSTM(cfg.fusion, cfg.hidden, cfg.layers, cfg.kernel))
+    return VideoNet(cfg, in_channels, ClipConvLSTM(cfg.fusion, cfg.hidden, cfg.layers, cfg.kernel), packed)
 
 
-def conv3d(cfg: ModelCfg, in_channels: int) -> VideoNet:
+def conv3d(cfg: ModelCfg, in_channels: int, packed: bool = True) -> VideoNet:
     """cfg.layers causal 3D convolutions (cfg.t_kernel x cfg.kernel x cfg.kernel, cfg.hidden wide)."""
-    return VideoNet(cfg, in_channels, CausalConv3d(cfg.fusion, cfg.hidden, cfg.layers, cfg.kernel, cfg.t_kernel))
+    return VideoNet(cfg, in_channels, CausalConv3d(cfg.fusion, cfg.hidden, cfg.layers, cfg.kernel, cfg.t_kernel),
+                    packed)
 
 
-MODELS = {"clstm": clstm, "conv3d": conv3d, "unet": FrameNet}
+def unet(cfg: ModelCfg, in_channels: int, packed: bool = True) -> FrameNet:
+    return FrameNet(cfg, in_channels)
 
 
-def build_model(cfg: ModelCfg, in_channels: int) -> nn.Module:
+MODELS = {"clstm": clstm, "conv3d": conv3d, "unet": unet}
+
+
+def build_model(cfg: ModelCfg, in_channels: int, packed: bool = True) -> nn.Module:
     """The network named by cfg.name for data with `in_channels` channels (DataCfg.in_channels:
-    4 packed raw or 3 rawRGB, plus 1 with the noise map)."""
+    4 packed raw or 3 rawRGB, plus 1 with the noise map); `packed`: the first four are R, G1, G2, B."""
     if cfg.name not in MODELS:
         raise BatmanError(f"unknown model.name {cfg.name!r}; choose one of {', '.join(MODELS)}")
     if cfg.scale < 1:
         raise BatmanError(f"model.scale must be a positive integer (1 or 2), got {cfg.scale}")
-    return MODELS[cfg.name](cfg, in_channels)
+    return MODELS[cfg.name](cfg, in_channels, packed)
+
+
+def model_for(cfg: Config) -> nn.Module:
+    """The network a full Config describes (its data decides the input channels and their layout)."""
+    return build_model(cfg.model, cfg.data.in_channels, packed=cfg.data.mode == "raw")
 
 
 def describe_models(cfg: Config) -> str:
