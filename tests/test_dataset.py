@@ -15,7 +15,7 @@ from batman.data.cache import pack_counts
 from batman.data.dataset import ClipDataset, flip_clip, iter_frames, load_targets
 from batman.data.raw import RawFrame, bin2x2, pack_bayer
 
-CFG = DataCfg(crop=(8, 12), frames=3, clips_per_video=4)
+CFG = DataCfg(crop=(8, 12), frames=3, clips_per_video=4, motion=0.0)
 
 
 @pytest.fixture
@@ -144,6 +144,37 @@ def test_augmentation_moves_input_and_target_together(make_drv, png16):
         assert torch.allclose(made, tgt, atol=1 / 65535), i
         seen.add(item["crop"])
     assert len(seen) > 5
+
+
+def test_panning_clips_move_input_and_target_together(make_drv, png16):
+    """data.motion: every frame of a panned static clip is its own crop, in input and target alike."""
+    root = make_drv(ids=("0001",), frames=3, size=(64, 96), same_frames=True)
+    video = drv.load_split(root, "train")[0]
+    x = next(iter_frames(video, CFG))
+    truth = np.stack([x[0], (x[1] + x[2]) / 2, x[3]], axis=-1)
+    png16(video.targets[0], np.rint(truth * 65535).astype(np.uint16))
+    ds = ClipDataset([video], replace(CFG, clips_per_video=16, motion=1.0, motion_speed=4))
+    moved = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        inp, tgt = item["input"], item["target"]
+        made = torch.stack([inp[:, 0], (inp[:, 1] + inp[:, 2]) / 2, inp[:, 3]], 1)
+        assert torch.allclose(made, tgt, atol=1 / 65535), i
+        moved += not torch.equal(tgt[0], tgt[-1])
+    assert moved >= 12  # a pan that rounds to no shift is possible, but rare
+    still = ClipDataset([video], replace(CFG, clips_per_video=8, motion=0.0))
+    assert all(still[i]["target"].stride(0) == 0 for i in range(len(still)))
+
+
+def test_pan_offsets_stay_inside_the_frame():
+    from batman.data.dataset import _pan_offsets
+    rng = np.random.default_rng(0)
+    for room in (0, 1, 2, 7, 40):
+        for speed in (0, 1, 4, 50):
+            offsets = _pan_offsets(rng, room, 8, speed)
+            assert all(0 <= o <= room and o % 2 == 0 for o in offsets), (room, speed, offsets)
+            steps = np.diff(offsets)
+            assert np.all(np.abs(steps) <= speed + 2)
 
 
 def test_iter_frames_match_the_raw_layer(make_drv):

@@ -27,6 +27,10 @@ class DataCfg:
     frames: int = 8           # clip length T
     clips_per_video: int = 4  # random clips drawn from each training video per epoch
     augment: bool = True      # flips / transposes that keep the canonical RGGB order
+    motion: float = 0.5       # share of static training clips that pan (each frame's crop shifted): DRV trains
+                              # on static videos only, and a recurrent model that never saw motion averages
+                              # over it (ghosting)
+    motion_speed: int = 4     # largest pan, input-grid pixels per frame (rows and columns drawn separately)
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)

@@ -156,39 +156,58 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.videos) * (self.cfg.clips_per_video if self.train else 1)
 
-    def _plan(self, video: Video, i: int) -> tuple[int, Window, tuple[bool, bool, bool]]:
-        """(first frame, crop window, (hflip, vflip, transpose)) of item i."""
+    def _plan(self, video: Video, i: int) -> tuple[int, list[Window], tuple[bool, bool, bool]]:
+        """(first frame, one crop window per frame, (hflip, vflip, transpose)) of item i."""
         h, w = input_grid(video, self.cfg.bin)
         ch, cw = self.crop or (h, w)
+        t = self.cfg.frames
         if not self.train:
-            return 0, Window(_even((h - ch) // 2), _even((w - cw) // 2), ch, cw), (False, False, False)
+            return 0, [Window(_even((h - ch) // 2), _even((w - cw) // 2), ch, cw)] * t, (False, False, False)
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        start = int(rng.integers(0, len(video.frames) - self.cfg.frames + 1))
+        start = int(rng.integers(0, len(video.frames) - t + 1))
         hflip, vflip, transpose = (bool(b) for b in rng.integers(0, 2, size=3))
         transpose = transpose and self.cfg.augment and cw <= h and ch <= w
         if transpose:  # read the window the other way round so that it comes out ch x cw
             ch, cw = cw, ch
-        y = 2 * int(rng.integers(0, (h - ch) // 2 + 1))
-        x = 2 * int(rng.integers(0, (w - cw) // 2 + 1))
         flips = (hflip, vflip, transpose) if self.cfg.augment else (False, False, False)
-        return start, Window(y, x, ch, cw), flips
+        pan = video.static and rng.random() < self.cfg.motion
+        speed = self.cfg.motion_speed if pan else 0
+        ys = _pan_offsets(rng, h - ch, t, speed)
+        xs = _pan_offsets(rng, w - cw, t, speed)
+        return start, [Window(y, x, ch, cw) for y, x in zip(ys, xs)], flips
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
         video = self.videos[i % len(self.videos)]
-        start, window, flips = self._plan(video, i)
-        frames = range(start, start + self.cfg.frames)
-        clip = np.stack([self.reader.frame(video, k, window) for k in frames])
+        start, windows, flips = self._plan(video, i)
+        clip = np.stack([self.reader.frame(video, start + k, win) for k, win in enumerate(windows)])
         clip = flip_clip(clip, *flips, packed=video.mode == "raw")
-        rows, cols = window.scaled(self.scale)
-        paths = video.targets[:1] if video.static else video.targets[start:start + self.cfg.frames]
-        target = np.stack([read_target(p)[rows, cols].transpose(2, 0, 1) for p in paths])
-        target = torch.from_numpy(flip_clip(target, *flips, packed=False))
-        if video.static:
+        target = torch.from_numpy(flip_clip(self._target(video, start, windows), *flips, packed=False))
+        if target.shape[0] == 1:
             target = target.expand(self.cfg.frames, *target.shape[1:])
         return {"input": torch.from_numpy(clip), "target": target, "id": video.id, "start": start,
-                "crop": (window.y, window.x)}
+                "crop": (windows[0].y, windows[0].x)}
+
+    def _target(self, video: Video, start: int, windows: list[Window]) -> np.ndarray:
+        """(T or 1, 3, sH, sW): a still static video's one image, else one crop per frame."""
+        if video.static:
+            image = read_target(video.targets[0])
+            if all(win == windows[0] for win in windows):
+                windows = windows[:1]
+            return np.stack([image[win.scaled(self.scale)].transpose(2, 0, 1) for win in windows])
+        paths = video.targets[start:start + len(windows)]
+        return np.stack([read_target(p)[win.scaled(self.scale)].transpose(2, 0, 1) for p, win in zip(paths, windows)])
+
+
+def _pan_offsets(rng: np.random.Generator, room: int, frames: int, speed: int) -> list[int]:
+    """Even crop offsets along one axis for `frames` frames: still (speed 0) at a random place, or moving
+    at a random constant velocity up to `speed` pixels per frame, as far as `room` allows."""
+    v = float(rng.uniform(-speed, speed)) if speed else 0.0
+    v = max(-room, min(room, v * (frames - 1))) / max(frames - 1, 1)
+    lo = max(0.0, -v * (frames - 1))
+    first = lo + float(rng.uniform(0, room - abs(v) * (frames - 1))) if room else 0.0
+    return [_even(int(round(first + v * k))) for k in range(frames)]
 
 
 def worker_init_fn(worker_id: int) -> None:
