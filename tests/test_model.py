@@ -282,19 +282,24 @@ def test_encoder_weights_errors_name_the_file(tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    model = build_model(tiny(), 4).train()
-    x = clip(b=1, t=2, h=32, w=32)
+    model = build_model(tiny(head="recursive"), 4).train()
+    with torch.no_grad():  # the zero-initialised gate and residual would hide the head's other gradients
+        for conv in (model.head.gate, model.head.residual[-2]):
+            conv.weight.normal_(0, 0.1)
+    x = clip(b=1, t=3, h=32, w=32)
 
     def grads(checkpointing):
         model.zero_grad()
-        model.encoder.checkpointing = checkpointing
+        model.encoder.checkpointing = model.head.checkpointing = checkpointing
         y, _ = model(x)
         y.square().mean().backward()
         return [p.grad.clone() for p in model.parameters()]
 
     plain, checkpointed = grads(False), grads(True)
+    assert all(p.abs().sum() > 0 for p in plain[-4:])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
-    assert build_model(tiny(checkpointing=True), 4).encoder.checkpointing
+    checkpointed_model = build_model(tiny(checkpointing=True, head="recursive"), 4)
+    assert checkpointed_model.encoder.checkpointing and checkpointed_model.head.checkpointing
 
 
 def test_describe_models_lists_every_variant():

@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from batman.config import BatmanError, Config, ModelCfg
 from batman.model.conv3d import CausalConv3d
@@ -138,9 +139,9 @@ class RecursiveHead(nn.Module):
     """
 
     def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int,
-                 packed: bool = True):
+                 packed: bool = True, checkpointing: bool = False):
         super().__init__()
-        self.scale, self.packed = scale, packed
+        self.scale, self.packed, self.checkpointing = scale, packed, checkpointing
         self.up = nn.Sequential(nn.Conv2d(feat_ch, width * 16, 1), nn.PixelShuffle(4), nn.LeakyReLU(0.2, inplace=True))
         self.body = nn.Sequential(
             nn.Conv2d(width + 2 * in_ch, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
@@ -171,13 +172,22 @@ class RecursiveHead(nn.Module):
         m, count = state if state is not None else (frames[:, 0], 0)
         outs = []
         for i in range(t):
-            x = frames[:, i]
-            hidden = self.body(torch.cat([up[:, i], x, m], 1))
-            k = 1.0 / (count + 1) + (1.0 - 1.0 / (count + 1)) * torch.sigmoid(self.gate(hidden))
-            m, count = m + k * (x - m), count + 1
-            base = self.pipeline(m)
-            outs.append(upsample(base, self.scale) + self.residual(torch.cat([hidden, base], 1)))
+            args = (up[:, i], frames[:, i], m, 1.0 / (count + 1))
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                y, m = checkpoint(self.frame, *args, use_reentrant=False)
+            else:
+                y, m = self.frame(*args)
+            outs.append(y)
+            count += 1
         return torch.stack(outs, 1), (m, count)
+
+    def frame(self, up, x, m, first_weight):
+        """One frame: (output, new filter state). `first_weight` = 1/t, the weight of a plain running mean."""
+        hidden = self.body(torch.cat([up, x, m], 1))
+        k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden))
+        m = m + k * (x - m)
+        base = self.pipeline(m)
+        return upsample(base, self.scale) + self.residual(torch.cat([hidden, base], 1)), m
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
@@ -215,7 +225,8 @@ class VideoNet(nn.Module):
         self.fusion = MFF(Encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
         head_args = (cfg.hidden, in_channels, cfg.scale, cfg.mean_input, cfg.head_width)
-        self.head = RecursiveHead(*head_args, packed=packed) if cfg.head == "recursive" else HEADS[cfg.head](*head_args)
+        self.head = (RecursiveHead(*head_args, packed=packed, checkpointing=cfg.checkpointing)
+                     if cfg.head == "recursive" else HEADS[cfg.head](*head_args))
 
     def forward(self, x: torch.Tensor, state: dict | None = None):
         b, t, _, h, w = x.shape
