@@ -138,6 +138,17 @@ def test_recursive_head_forgets_where_its_gate_opens():
     assert torch.allclose(state["head"][0], x[:, -1], atol=1e-6)  # 32x32 needs no padding
 
 
+def test_recursive_head_keeps_its_filter_in_float32_under_autocast():
+    torch.manual_seed(0)
+    model = build_model(tiny(head="recursive"), 4).train()
+    x = clip(t=3, h=32, w=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = model(x)
+    assert state["head"][0].dtype == torch.float32 and torch.isfinite(y).all()
+    y.float().mean().backward()
+    assert model.head.curve.raw_steps.grad is not None
+
+
 def test_tone_curve_is_monotone_and_starts_as_srgb_gamma():
     from batman.data.isp import gamma_srgb
     from batman.model.net import ToneCurve

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from batman.config import BatmanError, Config, ModelCfg
+from batman.data.isp import gamma_srgb
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.encoder import Encoder
@@ -111,16 +113,15 @@ class ToneCurve(nn.Module):
 
     def __init__(self, knots: int = 48):
         super().__init__()
-        from batman.data.isp import gamma_srgb
-        import numpy as np
         xs = np.linspace(0.0, 1.0, knots) ** 2.4
         steps = np.diff(gamma_srgb(xs))
         self.register_buffer("xs", torch.tensor(xs, dtype=torch.float32), persistent=False)
         self.raw_steps = nn.Parameter(torch.tensor(np.log(np.expm1(steps)), dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ys = torch.cat([self.raw_steps.new_zeros(1), F.softplus(self.raw_steps).cumsum(0)])
-        x = x.clamp(0.0, 1.0)
+        """Float32 whatever the autocast: the curve is steep near black, where bf16 steps are coarse."""
+        ys = torch.cat([self.raw_steps.new_zeros(1), F.softplus(self.raw_steps.float()).cumsum(0)])
+        x = x.float().clamp(0.0, 1.0)
         i = torch.bucketize(x.detach().contiguous(), self.xs[1:-1])
         x0, x1, y0, y1 = self.xs[i], self.xs[i + 1], ys[i], ys[i + 1]
         return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
@@ -184,8 +185,8 @@ class RecursiveHead(nn.Module):
     def frame(self, up, x, m, first_weight):
         """One frame: (output, new filter state). `first_weight` = 1/t, the weight of a plain running mean."""
         hidden = self.body(torch.cat([up, x, m], 1))
-        k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden))
-        m = m + k * (x - m)
+        k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden).float())
+        m = m + k * (x - m)  # float32 under autocast too: the filter integrates over a whole video
         base = self.pipeline(m)
         return upsample(base, self.scale) + self.residual(torch.cat([hidden, base], 1)), m
 
