@@ -75,7 +75,7 @@ def test_markdown_table_aligns_columns():
 def test_export_bench_quick(tmp_path):
     from batman.bench import bench_export
     result = bench_export(tmp_path, quick=True)
-    assert result["fps_ratio"] > 0 and result["rss_ratio"] > 0
+    assert result["fps_ratio"] > 0 and result["cached_fps_ratio"] > 0 and result["rss_ratio"] > 0
     assert (tmp_path / "export.json").is_file()
 
 
