@@ -86,3 +86,20 @@ def test_quality_bench_quick(tmp_path):
     assert set(result["splits"]) == {"test", "dynamic"}
     assert {"clstm", "conv3d", "unet", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
     assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
+
+
+def test_quality_verdicts_report_margins_and_misses():
+    from batman.bench import quality_verdicts
+
+    def scores(psnr, mabd):
+        return {"psnr": psnr, "mabd_error_e3": mabd}
+
+    static = {"clstm": scores(31.0, 0.10), "unet": scores(24.0, 0.30), "traditional": scores(24.0, 2.0),
+              "temporal mean": scores(30.0, 0.09)}
+    dynamic = {"clstm": scores(25.0, 0.20), "unet": scores(26.0, 0.20), "traditional": scores(20.0, 2.0),
+               "temporal mean": scores(23.0, 0.25)}
+    lines = quality_verdicts({"test": {"mean": static}, "dynamic": {"mean": dynamic}})
+    assert lines[0].endswith("+7.00 dB (target >= 6: met)")
+    assert lines[1].endswith("+1.00 dB (target >= 2: MISSED)")
+    assert "-1.00 dB" in lines[3] and lines[3].endswith("MISSED)")
+    assert lines[5].endswith("(target > 0: MISSED)")  # equal MABD error is not lower
