@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quality study of design variants: each trained with the same budget on one synthetic benchmark.
 
-    python scripts/quality_variants.py --out result/variants [--preset cpu] [--epochs 4] [--only a,b]
+    python scripts/quality_variants.py --out result/variants [--preset demo] [--epochs 12] [--steps 40] [--only a,b]
 
 The benchmark (seed 1000, static and dynamic videos) is disjoint from the tests' and the demo's data.
 Every variant is `--set` overrides on top of the preset; the table reports PSNR / SSIM / MABD error on
@@ -19,17 +19,23 @@ VARIANTS = {
     "clstm (default)": {},
     "unet": {"model.name": "unet"},
     "conv3d": {"model.name": "conv3d"},
-    "clstm norm=batch head=shuffle (seed-faithful)": {"model.norm": "batch", "model.head": "shuffle"},
-    "clstm norm=frozen": {"model.norm": "frozen"},
-    "clstm head=shuffle": {"model.head": "shuffle"},
-    "clstm noise map": {"data.noise_map": True},
-    "clstm without running mean": {"model.mean_input": False},
-    "clstm head_width=8": {"model.head_width": 8},
-    "clstm temporal loss 0.5": {"train.temporal_weight": 0.5},
+    "clstm head=skip without motion (previous default)": {"model.head": "skip", "data.motion": 0.0},
+    "clstm without motion augmentation": {"data.motion": 0.0},
+    "clstm motion 0.25": {"data.motion": 0.25},
     "clstm 1 layer": {"model.layers": 1},
-    "clstm 3 layers": {"model.layers": 3},
+    "clstm noise map": {"data.noise_map": True},
+    "clstm temporal loss 0.5": {"train.temporal_weight": 0.5},
+    "clstm norm=frozen": {"model.norm": "frozen"},
     "clstm hidden 32": {"model.hidden": 32},
-    "clstm hidden 96": {"model.hidden": 96},
+    "clstm 3 layers": {"model.layers": 3},
+    "clstm 1 layer + motion 0.25 + noise map + temporal loss 0.5": {
+        "model.layers": 1, "data.motion": 0.25, "data.noise_map": True, "train.temporal_weight": 0.5},
+    "clstm 1 layer + motion 0.25 + noise map + temporal loss 0.5 + norm=frozen": {
+        "model.layers": 1, "data.motion": 0.25, "data.noise_map": True, "train.temporal_weight": 0.5,
+        "model.norm": "frozen"},
+    "clstm 1 layer + motion 0.25 + noise map + temporal loss 0.5 + norm=frozen + hidden 32": {
+        "model.layers": 1, "data.motion": 0.25, "data.noise_map": True, "train.temporal_weight": 0.5,
+        "model.norm": "frozen", "model.hidden": 32},
 }
 BENCH_DATA = dict(videos=16, frames=12, size=(512, 768), seed=1000, dynamic=4)
 
@@ -37,9 +43,12 @@ BENCH_DATA = dict(videos=16, frames=12, size=(512, 768), seed=1000, dynamic=4)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("result/variants"))
-    p.add_argument("--preset", default="cpu")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps", type=int, default=100, help="steps per epoch")
+    p.add_argument("--preset", default="demo", help="training preset (default demo: 64x64x6 crops, lr 1e-3)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--steps", type=int, default=40, help="steps per epoch")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the data stay the same); rows of a seed "
+                                                       "other than 0 are labelled with it")
     p.add_argument("--only", default="", help="comma list of variant names (default: all)")
     args = p.parse_args()
 
@@ -56,13 +65,15 @@ def main() -> None:
         prepare(data)
     chosen = [v for v in VARIANTS if not args.only or v in args.only.split(",")]
     rows = json.loads((args.out / "variants.json").read_text()) if (args.out / "variants.json").exists() else {}
-    for name in chosen:
+    for variant in chosen:
+        name = variant + (f" (seed {args.seed})" if args.seed else "")
         if name in rows:
             continue
-        folder = args.out / name.replace(" ", "_").replace("=", "-").replace("(", "").replace(")", "")
-        cfg = make_config(args.preset, {"data.root": str(data), "train.epochs": args.epochs,
+        folder = args.out / "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+        cfg = make_config(args.preset, {"data.root": str(data), "train.epochs": args.epochs, "seed": args.seed,
                                         "train.steps_per_epoch": args.steps, "train.patience": 99,
-                                        **VARIANTS[name]})
+                                        "train.threads": args.threads,
+                                        **VARIANTS[variant]})
         t0 = time.perf_counter()
         train(cfg, out=folder, resume="auto")
         train_s = time.perf_counter() - t0
@@ -70,7 +81,7 @@ def main() -> None:
         static = evaluate(data, model=model, split="test", out=folder / "test")["mean"]
         dynamic = evaluate(data, model=model, split="dynamic", out=folder / "dynamic")["mean"]
         model_key = next(iter(static))
-        rows[name] = {"overrides": VARIANTS[name], "train_s": round(train_s, 1),
+        rows[name] = {"overrides": VARIANTS[variant], "seed": args.seed, "train_s": round(train_s, 1),
                       "static": static[model_key], "dynamic": dynamic[model_key],
                       "static_traditional": static["traditional"], "static_temporal_mean": static["temporal mean"],
                       "dynamic_traditional": dynamic["traditional"], "dynamic_temporal_mean": dynamic["temporal mean"]}

@@ -54,10 +54,11 @@ class ModelCfg:
     fusion: int = 64          # MFF channels per encoder stage
     t_kernel: int = 3         # conv3d temporal extent (frames)
     norm: str = "group"       # batch | group | frozen
-    head: str = "skip"        # shuffle (plain conv + pixel shuffle) | skip (full-resolution refinement)
-    head_width: int = 16      # channels of the skip head's full-resolution branch (runs on every pixel: costly)
+    head: str = "recursive"   # recursive (filter + learned pipeline + residual, see net.py) | skip | shuffle
+    head_width: int = 16      # channels of the recursive/skip head's full-resolution convs (every pixel: costly)
     scale: int = 1            # output grid = input grid * scale (1 or 2)
-    mean_input: bool = True   # feed the causal running mean of the inputs to the head
+    mean_input: bool = True   # skip/shuffle heads: feed them the causal running mean of the inputs
+                              # (the recursive head filters the input itself)
     encoder_weights: str = "" # local torchvision resnet18 state dict (ImageNet); empty: random init
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)
 

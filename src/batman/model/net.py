@@ -310,5 +310,6 @@ def describe_models(cfg: Config) -> str:
     lines = ["  ".join(v.ljust(wd) for v, wd in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * wd for wd in widths))
     lines.append(f"data mode {cfg.data.mode}, head {m.head}, norm {m.norm}, hidden {m.hidden}, layers {m.layers}, "
-                 f"fusion {m.fusion}, scale {s}, noise_map {cfg.data.noise_map}, mean_input {m.mean_input}  (* selected)")
+                 f"fusion {m.fusion}, scale {s}, noise_map {cfg.data.noise_map}"
+                 + ("" if m.head == "recursive" else f", mean_input {m.mean_input}") + "  (* selected)")
     return "\n".join(lines)
