@@ -102,7 +102,7 @@ def test_mean_input_changes_the_output_over_time():
     torch.manual_seed(0)
     model = build_model(tiny(name="unet"), 4).eval()
     assert model(clip())[1] is None  # single frame: the state passes through
-    model = build_model(tiny(name="clstm", mean_input=True), 4).eval()
+    model = build_model(tiny(name="clstm", mean_input=True, head="skip"), 4).eval()
     _, state = model(clip(t=3))
     total, count = state["head"]
     assert count == 3 and torch.allclose(total, clip(t=3).sum(1))
@@ -214,7 +214,7 @@ def test_unet_has_the_sid_parameter_count():
 @pytest.mark.parametrize("norm", ["group", "batch", "frozen"])
 def test_norm_variants_build_train_and_run(norm):
     torch.manual_seed(0)
-    model = build_model(tiny(norm=norm), 4)
+    model = build_model(tiny(norm=norm, head="skip"), 4)  # the recursive head starts blind to the features
     norms = [type(m) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, FrozenBatchNorm2d))]
     expected = {"group": nn.GroupNorm, "batch": nn.BatchNorm2d, "frozen": FrozenBatchNorm2d}[norm]
     assert norms and set(norms) == {expected}  # group: no BatchNorm left anywhere

@@ -37,10 +37,13 @@ def final_weights(folder: Path) -> dict:
     return ckpt.load_checkpoint(folder / ckpt.LAST)["model"]
 
 
-def test_loss_falls_by_half_and_run_folder_is_complete(syn, tmp_path):
-    result = train(tiny_cfg(syn, **{"train.epochs": 4, "train.steps_per_epoch": 10}), out=tmp_path)
+@pytest.mark.parametrize("head,fall", [("recursive", 0.8), ("skip", 0.5)])
+def test_loss_falls_and_run_folder_is_complete(syn, tmp_path, head, fall):
+    """The recursive head starts at the temporal mean's loss, so it has less to fall than the skip head."""
+    result = train(tiny_cfg(syn, **{"train.epochs": 4, "train.steps_per_epoch": 10, "model.head": head}),
+                   out=tmp_path)
     losses = [h["train_loss"] for h in result["history"]]
-    assert losses[-1] <= 0.5 * losses[0], losses
+    assert losses[-1] <= fall * losses[0], losses
     names = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "log.csv", "loss.png", "last.pt"} <= names
     assert any(n.startswith("epoch_") for n in names)

@@ -208,13 +208,17 @@ def train_step(model, batch, opt, scaler, cfg: Config, device, amp_dtype) -> flo
 
 @torch.no_grad()
 def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist) -> tuple[float, float]:
-    """Mean L1 and PSNR over the validation clips, reduced over ranks."""
+    """Mean L1 and PSNR over the validation clips, reduced over ranks.
+
+    Runs the unwrapped network: DDP's forward broadcasts buffers (the tone curve's knots, BatchNorm
+    statistics), a collective that hangs when ranks hold different numbers of validation clips."""
     model.eval()
+    net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     sums = torch.zeros(3, dtype=torch.float64)
     for batch in loader:
         x, y = batch["input"].to(device), batch["target"].to(device)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            out, _ = model(x, None)
+            out, _ = net(x, None)
         out = out.float().clamp(0, 1)
         mse = F.mse_loss(out, y).item()
         sums += torch.tensor([F.l1_loss(out, y).item(), -10 * math.log10(max(mse, 1e-10)), 1.0], dtype=torch.float64)
