@@ -164,6 +164,7 @@ def test_tone_curve_is_monotone_and_starts_as_srgb_gamma():
     assert torch.all(y[1:] >= y[:-1] - 1e-7)
     y.sum().backward()
     assert curve.raw_steps.grad.abs().sum() > 0
+    assert curve(torch.tensor([float("nan"), 0.5])).isnan().tolist() == [True, False]  # NaN passes, no IndexError
 
 
 def test_conv3d_is_causal():

@@ -127,7 +127,7 @@ class ToneCurve(nn.Module):
         ys = torch.cat([self.raw_steps.new_zeros(1), F.softplus(self.raw_steps.float()).cumsum(0)])
         slopes = (ys[1:] - ys[:-1]) / (self.xs[1:] - self.xs[:-1])
         segments = len(self.xs) - 1
-        i = (x.detach() ** (1 / self.SPACING) * segments).long().clamp_(max=segments - 1)
+        i = (x.detach() ** (1 / self.SPACING) * segments).long().clamp_(0, segments - 1)  # NaN -> 0: stays NaN
         return ys[i] + (x - self.xs[i]) * slopes[i]
 
 
