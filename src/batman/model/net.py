@@ -55,6 +55,7 @@ def detach_state(state):
 
 
 # --- heads: stride-4 features of a clip + its input frames (+ the head's state) -> output clip ------
+# Every head is built as Head(model cfg, input channels, packed) and reads the settings it uses.
 
 def running_mean(x: torch.Tensor, state):
     """Causal mean of the input frames: x (B, T, C, H, W) -> (mean (B, T, C, H, W), (sum, count))."""
@@ -68,12 +69,12 @@ class ShuffleHead(nn.Module):
     """3x3 conv to 3 * (4s)^2 channels, then PixelShuffle(4s). The running mean, if given, joins
     at stride 4 by space-to-depth."""
 
-    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int = 0):
+    def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
         super().__init__()
-        self.mean_input = mean_input
-        extra = in_ch * 16 if mean_input else 0
-        self.conv = nn.Conv2d(feat_ch + extra, 3 * (4 * scale) ** 2, 3, padding=1)
-        self.shuffle = nn.PixelShuffle(4 * scale)
+        self.mean_input = cfg.mean_input
+        extra = in_ch * 16 if cfg.mean_input else 0
+        self.conv = nn.Conv2d(cfg.hidden + extra, 3 * (4 * cfg.scale) ** 2, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(4 * cfg.scale)
 
     def forward(self, feats, frames, state):
         """feats (B, T, F, H/4, W/4), frames (B, T, C, H, W) -> (y (B, T, 3, sH, sW), state)."""
@@ -88,12 +89,13 @@ class SkipHead(nn.Module):
     """Features shuffled to `width` channels on the output grid, concatenated with the input
     frame (and running mean), upsampled by s, then three 3x3 convs to RGB."""
 
-    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int):
+    def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
         super().__init__()
-        self.scale, self.mean_input = scale, mean_input
-        self.up = nn.Sequential(nn.Conv2d(feat_ch, width * (4 * scale) ** 2, 1), nn.PixelShuffle(4 * scale),
+        scale, width = cfg.scale, cfg.head_width
+        self.scale, self.mean_input = scale, cfg.mean_input
+        self.up = nn.Sequential(nn.Conv2d(cfg.hidden, width * (4 * scale) ** 2, 1), nn.PixelShuffle(4 * scale),
                                 nn.LeakyReLU(0.2, inplace=True))
-        refine_in = width + in_ch * (2 if mean_input else 1)
+        refine_in = width + in_ch * (2 if cfg.mean_input else 1)
         self.refine = nn.Sequential(
             nn.Conv2d(refine_in, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
@@ -143,11 +145,11 @@ class RecursiveHead(nn.Module):
     gamma) and training only has to learn the corrections, not the whole camera pipeline.
     """
 
-    def __init__(self, feat_ch: int, in_ch: int, scale: int, mean_input: bool, width: int,
-                 packed: bool = True, checkpointing: bool = False):
+    def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
         super().__init__()
-        self.scale, self.packed, self.checkpointing = scale, packed, checkpointing
-        self.up = nn.Sequential(nn.Conv2d(feat_ch, width * 16, 1), nn.PixelShuffle(4), nn.LeakyReLU(0.2, inplace=True))
+        scale, width = cfg.scale, cfg.head_width
+        self.scale, self.packed, self.checkpointing = scale, packed, cfg.checkpointing
+        self.up = nn.Sequential(nn.Conv2d(cfg.hidden, width * 16, 1), nn.PixelShuffle(4), nn.LeakyReLU(0.2, inplace=True))
         self.body = nn.Sequential(
             nn.Conv2d(width + 2 * in_ch, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
@@ -226,13 +228,11 @@ class VideoNet(nn.Module):
         super().__init__()
         if cfg.head not in HEADS:
             raise BatmanError(f"unknown model.head {cfg.head!r}; choose one of {', '.join(HEADS)}")
-        self.in_channels, self.scale, self.mean_input = in_channels, cfg.scale, cfg.mean_input
+        self.in_channels, self.scale = in_channels, cfg.scale
         self.encoder = Encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
         self.fusion = MFF(Encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
-        head_args = (cfg.hidden, in_channels, cfg.scale, cfg.mean_input, cfg.head_width)
-        self.head = (RecursiveHead(*head_args, packed=packed, checkpointing=cfg.checkpointing)
-                     if cfg.head == "recursive" else HEADS[cfg.head](*head_args))
+        self.head = HEADS[cfg.head](cfg, in_channels, packed)
 
     def forward(self, x: torch.Tensor, state: dict | None = None):
         b, t, _, h, w = x.shape
