@@ -128,13 +128,20 @@ def test_packed_flips_equal_flipped_mosaics(flips):
         assert np.array_equal(counts, pack_counts(moved, _flipped_pattern(pattern, *flips)))
 
 
-def test_augmentation_moves_input_and_target_together(make_drv, png16):
-    """Ground truth made from the input itself (R, mean G, B) must still match after flips/transposes."""
+def video_with_truth_from_its_input(make_drv, png16):
+    """A static video of identical frames whose ground truth is its own input (R, mean G, B), so that
+    any crop, flip or pan must show the same pixels in input and target."""
     root = make_drv(ids=("0001",), frames=3, size=(64, 96), same_frames=True)
     video = drv.load_split(root, "train")[0]
     x = next(iter_frames(video, CFG))
     truth = np.stack([x[0], (x[1] + x[2]) / 2, x[3]], axis=-1)
     png16(video.targets[0], np.rint(truth * 65535).astype(np.uint16))
+    return video
+
+
+def test_augmentation_moves_input_and_target_together(make_drv, png16):
+    """Ground truth made from the input itself (R, mean G, B) must still match after flips/transposes."""
+    video = video_with_truth_from_its_input(make_drv, png16)
     ds = ClipDataset([video], replace(CFG, clips_per_video=24))
     seen = set()
     for i in range(len(ds)):
@@ -148,11 +155,7 @@ def test_augmentation_moves_input_and_target_together(make_drv, png16):
 
 def test_panning_clips_move_input_and_target_together(make_drv, png16):
     """data.motion: every frame of a panned static clip is its own crop, in input and target alike."""
-    root = make_drv(ids=("0001",), frames=3, size=(64, 96), same_frames=True)
-    video = drv.load_split(root, "train")[0]
-    x = next(iter_frames(video, CFG))
-    truth = np.stack([x[0], (x[1] + x[2]) / 2, x[3]], axis=-1)
-    png16(video.targets[0], np.rint(truth * 65535).astype(np.uint16))
+    video = video_with_truth_from_its_input(make_drv, png16)
     ds = ClipDataset([video], replace(CFG, clips_per_video=16, motion=1.0, motion_speed=4))
     moved = 0
     for i in range(len(ds)):

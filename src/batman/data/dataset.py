@@ -192,12 +192,13 @@ class ClipDataset(torch.utils.data.Dataset):
     def _target(self, video: Video, start: int, windows: list[Window]) -> np.ndarray:
         """(T or 1, 3, sH, sW): a still static video's one image, else one crop per frame."""
         if video.static:
-            image = read_target(video.targets[0])
             if all(win == windows[0] for win in windows):
                 windows = windows[:1]
-            return np.stack([image[win.scaled(self.scale)].transpose(2, 0, 1) for win in windows])
-        paths = video.targets[start:start + len(windows)]
-        return np.stack([read_target(p)[win.scaled(self.scale)].transpose(2, 0, 1) for p, win in zip(paths, windows)])
+            image = read_target(video.targets[0])
+            images = (image for _ in windows)
+        else:
+            images = (read_target(p) for p in video.targets[start:start + len(windows)])
+        return np.stack([image[win.scaled(self.scale)].transpose(2, 0, 1) for image, win in zip(images, windows)])
 
 
 def _pan_offsets(rng: np.random.Generator, room: int, frames: int, speed: int) -> list[int]:
