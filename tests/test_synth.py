@@ -74,7 +74,7 @@ def test_unprocess_then_traditional_pipeline_round_trips():
     rng = np.random.default_rng(0)
     srgb = rng.random((48, 64, 3))
     wb = isp.sample_wb(rng)
-    cam_to_srgb = isp.cam_to_srgb_from_xyz(isp.sample_xyz_to_cam(rng))
+    cam_to_srgb = isp.cam_to_srgb_from_xyz(isp.sample_xyz_to_cam(rng)[0])
     packed = isp.unprocess(srgb, wb, cam_to_srgb)
     assert packed.shape == (4, 48, 64) and packed.dtype == np.float32
     assert np.array_equal(packed[1], packed[2])  # both greens of a tile see the same pixel
@@ -85,7 +85,7 @@ def test_unprocess_then_traditional_pipeline_round_trips():
 
 
 def test_colour_matrix_keeps_white_and_falls_back_to_identity():
-    m = isp.cam_to_srgb_from_xyz(isp.sample_xyz_to_cam(np.random.default_rng(1)))
+    m = isp.cam_to_srgb_from_xyz(isp.sample_xyz_to_cam(np.random.default_rng(1))[0])
     assert np.allclose(m @ np.ones(3), 1.0)
     assert not np.allclose(m, np.eye(3))
     for missing in (None, np.zeros((3, 3)), np.full((3, 3), np.nan)):
@@ -95,7 +95,7 @@ def test_colour_matrix_keeps_white_and_falls_back_to_identity():
 def test_colour_matrix_agrees_with_libraw_on_a_dng(tmp_path):
     """LibRaw turns the DNG's ColorMatrix1 into the same camera -> sRGB matrix (rawpy `color_matrix`)."""
     import rawpy
-    xyz_to_cam = isp.sample_xyz_to_cam(np.random.default_rng(2))
+    xyz_to_cam, _ = isp.sample_xyz_to_cam(np.random.default_rng(2))
     path = tmp_path / "c.dng"
     write_dng(path, np.full((32, 32), 600, np.uint16), "GRBG", 512, 16383, 0.01,
               wb=(2.0, 1.0, 1.5), color_matrix=xyz_to_cam)

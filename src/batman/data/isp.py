@@ -14,13 +14,38 @@ SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                         [0.2126729, 0.7151522, 0.0721750],
                         [0.0193339, 0.1191920, 0.9503041]])
 
-# XYZ -> camera matrices of four real cameras (the set Brooks et al. sample from).
-XYZ_TO_CAMS = np.array([
-    [[1.0234, -0.2969, -0.2266], [-0.5625, 1.6328, -0.0469], [-0.0703, 0.2188, 0.6406]],
-    [[0.4913, -0.0541, -0.0202], [-0.6130, 1.3513, 0.2906], [-0.1564, 0.2151, 0.7183]],
-    [[0.8380, -0.2630, -0.0639], [-0.2887, 1.0725, 0.2496], [-0.0627, 0.1427, 0.5438]],
-    [[0.6596, -0.2079, -0.0562], [-0.4782, 1.3016, 0.1933], [-0.0970, 0.1581, 0.7914]],
-])
+# XYZ -> camera matrices (D65, x 1/10000) of real Bayer cameras, as Adobe's DNG Converter publishes them
+# (dcraw / LibRaw `adobe_coeff`). Synthetic training data draws its cameras from TRAIN_CAMERAS; the
+# held-out evaluation sets use HELDOUT_CAMERAS, which training never sees, so a figure on them measures
+# how well the model generalises to a camera it does not know.
+TRAIN_CAMERAS: dict[str, tuple[int, ...]] = {
+    "Canon EOS 5D Mark III": (6722, -635, -963, -4287, 12460, 2028, -908, 2162, 5668),
+    "Canon EOS 80D": (7457, -671, -937, -4849, 12495, 2643, -1213, 2354, 5492),
+    "Canon PowerShot G7 X": (9602, -3823, -937, -2984, 11495, 1675, -407, 1415, 5049),
+    "Fujifilm X100": (12161, -4457, -1069, -5034, 12874, 2400, -795, 1724, 6904),
+    "Nikon 1 V3": (5958, -1559, -571, -4021, 11453, 2939, -634, 1548, 5087),
+    "Nikon COOLPIX A": (8198, -2239, -724, -4871, 12389, 2798, -1043, 2050, 7181),
+    "Olympus E-M1": (7687, -1984, -606, -4327, 11928, 2721, -1381, 2339, 6452),
+    "Olympus PEN-F": (9476, -3182, -765, -2613, 10958, 1893, -449, 1315, 5268),
+    "Pentax K-3": (7415, -2052, -721, -5186, 12788, 2682, -1446, 2157, 6773),
+    "Pentax K10D": (9566, -2863, -803, -7170, 15172, 2112, -818, 803, 9705),
+    "Panasonic DMC-GH4": (7122, -2108, -512, -3155, 11201, 2231, -541, 1423, 5045),
+    "Panasonic DMC-LX100": (8844, -3538, -768, -3709, 11762, 2200, -698, 1792, 5220),
+    "Leica Q (Typ 116)": (11865, -4523, -1441, -5423, 14458, 935, -1587, 2687, 4830),
+    "Sony DSC-RX100M2": (6596, -2079, -562, -4782, 13016, 1933, -970, 1581, 5181),
+}
+HELDOUT_CAMERAS: dict[str, tuple[int, ...]] = {
+    "Canon EOS 550D": (6941, -1164, -857, -3825, 11597, 2534, -416, 1540, 6039),
+    "Panasonic DMC-G7": (7610, -2780, -576, -4614, 12195, 2733, -1375, 2393, 6490),
+    "Pentax K-5": (8713, -2833, -743, -4342, 11900, 2772, -722, 1543, 6247),
+    "Olympus E-PL1": (11408, -4289, -1215, -4286, 12385, 2118, -387, 1467, 7787),
+}
+CAMERA_SETS = {"train": TRAIN_CAMERAS, "heldout": HELDOUT_CAMERAS}
+
+
+def camera_xyz_to_cam(coefficients: tuple[int, ...]) -> np.ndarray:
+    """Adobe's 9 integers -> the 3x3 XYZ -> camera matrix."""
+    return np.asarray(coefficients, dtype=np.float64).reshape(3, 3) / 10000.0
 
 
 # --- curves -------------------------------------------------------------------------------------
@@ -77,15 +102,23 @@ def cam_to_srgb_from_xyz(xyz_to_cam: np.ndarray | None) -> np.ndarray:
     return np.linalg.inv(srgb_to_cam)
 
 
-def sample_xyz_to_cam(rng: np.random.Generator) -> np.ndarray:
-    """A random XYZ -> camera matrix: a convex combination of real cameras' matrices.
+def sample_xyz_to_cam(rng: np.random.Generator, cameras: str = "train") -> tuple[np.ndarray, str]:
+    """A random XYZ -> camera matrix and its name: one real camera of the set, or (half the time) a
+    convex blend of two, so that training sees colour responses between the listed cameras too.
 
     Rows are scaled so that sRGB white maps to camera (1, 1, 1): the matrix can go into a DNG
     as ColorMatrix1 and `cam_to_srgb_from_xyz` of it is the colour matrix of the synthetic camera.
     """
-    weights = rng.uniform(1e-8, 1.0, size=len(XYZ_TO_CAMS))
-    xyz_to_cam = np.tensordot(weights / weights.sum(), XYZ_TO_CAMS, axes=1)
-    return xyz_to_cam / (xyz_to_cam @ SRGB_TO_XYZ).sum(axis=1, keepdims=True)
+    table = CAMERA_SETS[cameras]
+    names = list(table)
+    first = names[rng.integers(len(names))]
+    xyz_to_cam, name = camera_xyz_to_cam(table[first]), first
+    if rng.random() < 0.5:
+        second = names[rng.integers(len(names))]
+        w = rng.uniform(0.0, 1.0)
+        xyz_to_cam = (1 - w) * xyz_to_cam + w * camera_xyz_to_cam(table[second])
+        name = first if second == first else f"{1 - w:.2f} {first} + {w:.2f} {second}"
+    return xyz_to_cam / (xyz_to_cam @ SRGB_TO_XYZ).sum(axis=1, keepdims=True), name
 
 
 def sample_wb(rng: np.random.Generator) -> np.ndarray:
@@ -105,6 +138,20 @@ def demosaic_average(packed: np.ndarray) -> np.ndarray:
     """Packed (4, H, W) R, G1, G2, B -> (H, W, 3) camera RGB on the packed grid (greens averaged)."""
     r, g1, g2, b = packed
     return np.stack([r, 0.5 * (g1 + g2), b], axis=-1)
+
+
+def packed_colour_matrix(cam_to_srgb: np.ndarray) -> np.ndarray:
+    """The 4x4 map of packed camera R, G1, G2, B to packed linear sRGB R', G1', G2', B'.
+
+    Each 2x2 tile holds two camera colours, (R, G1, B) and (R, G2, B); the 3x3 matrix M of each gives
+    G1' and G2', and R', B' take M's rows on the tile's mean green. Averaging G1' and G2' afterwards is
+    exactly M applied to `demosaic_average`, so the packed layout (and its G1/G2 noise) survives.
+    """
+    m = np.asarray(cam_to_srgb, dtype=np.float64)
+    return np.array([[m[0, 0], m[0, 1] / 2, m[0, 1] / 2, m[0, 2]],
+                     [m[1, 0], m[1, 1], 0.0, m[1, 2]],
+                     [m[1, 0], 0.0, m[1, 1], m[1, 2]],
+                     [m[2, 0], m[2, 1] / 2, m[2, 1] / 2, m[2, 2]]])
 
 
 # --- the two directions -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass, replace
+from fnmatch import fnmatch
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,6 +38,7 @@ WHITE = 16383                           # 14-bit sensor
 BLACKS = (512, 600, 800, 1024)          # black levels of common 14-bit cameras
 FRAME_EXPOSURE_S = Fraction(1, 30)      # a video frame; the long exposure is ratio times longer
 SPEED_PX = (1.0, 3.0)                   # motion per frame on the packed grid (2x on the mosaic)
+CAMERA_MODES = ("one", "train", "heldout")
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,12 @@ class Camera:
     cam_to_srgb: np.ndarray
     ratio: float             # long exposure / frame exposure, 2 decimals so EXIF holds it exactly
     noise: NoiseParams | None
+    name: str = ""           # the real camera (or blend of two) whose colour matrix this is
 
     def to_dict(self) -> dict:
         return {"pattern": self.pattern, "black": self.black, "white": self.white, "wb": self.wb.tolist(),
                 "xyz_to_cam": self.xyz_to_cam.tolist(), "cam_to_srgb": self.cam_to_srgb.tolist(),
-                "ratio": self.ratio, "noise": self.noise.to_dict() if self.noise else None,
+                "ratio": self.ratio, "noise": self.noise.to_dict() if self.noise else None, "camera": self.name,
                 "frame_exposure_s": float(FRAME_EXPOSURE_S), "long_exposure_s": float(self.long_exposure)}
 
     @property
@@ -63,15 +66,15 @@ class Camera:
 
 
 def sample_camera(rng: np.random.Generator, ratio: tuple[float, float], noise: bool,
-                  xyz_to_cam: np.ndarray) -> Camera:
+                  xyz_to_cam: np.ndarray, name: str = "") -> Camera:
     """Draw a video's capture: ratio log-uniform in `ratio`, white balance, noise levels from the
-    sensor profile; the colour matrix is the data set's one camera (as DRV's one RX100 VI).
+    sensor profile; `xyz_to_cam` is the colour matrix of the camera `name`.
 
     Noise levels are drawn even when `noise` is off, so that a clean data set has the same
     cameras and scenes as the noisy one of the same seed.
     """
     camera = Camera(pattern=PATTERNS[rng.integers(len(PATTERNS))], black=BLACKS[rng.integers(len(BLACKS))],
-                    white=WHITE, wb=sample_wb(rng), xyz_to_cam=xyz_to_cam,
+                    white=WHITE, wb=sample_wb(rng), xyz_to_cam=xyz_to_cam, name=name,
                     cam_to_srgb=cam_to_srgb_from_xyz(xyz_to_cam),
                     ratio=round(math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]))), 2),
                     noise=sample_noise_params(rng))
@@ -80,16 +83,26 @@ def sample_camera(rng: np.random.Generator, ratio: tuple[float, float], noise: b
 
 # --- clean images -------------------------------------------------------------------------------
 
-def image_sources(folder: str | Path | None) -> list[str]:
-    """skimage's image names, or the sorted photo paths in `folder`."""
-    if folder is None:
+def image_sources(folders: str | Path | list | None, exclude: tuple[str, ...] = (),
+                  only: tuple[str, ...] = ()) -> list[str]:
+    """skimage's image names, or the sorted photo paths in one or more folders and their subfolders.
+
+    `exclude` / `only`: shell patterns on the file name (e.g. 'kodim2[0-4]*'), so that a fixed part
+    of a photo set can be held out of training and used alone for evaluation.
+    """
+    if folders is None:
         return list(SKIMAGE_IMAGES)
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BatmanError(f"no such image folder: {folder}")
-    paths = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = []
+    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise BatmanError(f"no such image folder: {folder}")
+        paths += sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = [p for p in paths if not any(fnmatch(Path(p).name, pat) for pat in exclude)
+             and (not only or any(fnmatch(Path(p).name, pat) for pat in only))]
     if not paths:
-        raise BatmanError(f"no images in {folder} (expected {', '.join(IMAGE_SUFFIXES)})")
+        raise BatmanError(f"no images in {', '.join(map(str, [folders]))} (expected {', '.join(IMAGE_SUFFIXES)}"
+                          f"{', after --exclude/--only' if exclude or only else ''})")
     return paths
 
 
@@ -266,25 +279,31 @@ def _check_args(videos: int, frames: int, size: tuple[int, int], seed: int, rati
 
 
 def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int], seed: int,
-               images: str | Path | None = None, dynamic: int = 0,
-               ratio: tuple[float, float] = (50.0, 300.0), noise: bool = True) -> None:
+               images: str | Path | list | None = None, dynamic: int = 0,
+               ratio: tuple[float, float] = (50.0, 300.0), noise: bool = True, cameras: str = "train",
+               exclude: tuple[str, ...] = (), only: tuple[str, ...] = (), test_only: bool = False) -> None:
     """Write `videos` static and `dynamic` moving videos of `frames` (H, W) = `size` Bayer frames.
 
+    cameras: `one` (one colour matrix for the whole set, like DRV's single RX100 VI), `train` (each
+    video its own, drawn from real cameras) or `heldout` (each from cameras `train` never uses).
     The same seed gives byte-identical files; each video has its own seed stream, so adding
     dynamic videos leaves the static ones unchanged. noise=False writes clean (only rounded) frames.
+    test_only: every static video goes into the test list (an evaluation set, e.g. of held-out photos).
     """
     from tqdm import tqdm
     _check_args(videos, frames, size, seed, ratio)
     root = Path(out)
-    sources = image_sources(images)
+    if cameras not in CAMERA_MODES:
+        raise BatmanError(f"synth: --cameras {cameras!r}: choose one of {', '.join(CAMERA_MODES)}")
+    sources = image_sources(images, exclude, only)
     shape = (size[0] // 2, size[1] // 2)  # the packed grid
     static_ids = [f"{i + 1:04d}" for i in range(videos)]
     dynamic_ids = [f"M{j:04d}" for j in range(dynamic)]
-    xyz_to_cam = sample_xyz_to_cam(np.random.default_rng([seed, 2]))
+    one_camera = sample_xyz_to_cam(np.random.default_rng([seed, 2])) if cameras == "one" else None
     jobs = [(vid, 0, i) for i, vid in enumerate(static_ids)] + [(vid, 1, j) for j, vid in enumerate(dynamic_ids)]
     for vid, moving, index in tqdm(jobs, desc="synth", unit="video", disable=None):
         rng = np.random.default_rng([seed, moving, index])
-        camera = sample_camera(rng, ratio, noise, xyz_to_cam)
+        camera = sample_camera(rng, ratio, noise, *(one_camera or sample_xyz_to_cam(rng, cameras)))
         if not moving:
             views, info = static_scene(sources, shape, rng)
         elif index % 2 == 0:
@@ -292,6 +311,6 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
         else:
             views, info = object_scene(sources, shape, frames, rng)
         write_video(root, vid, views, frames, camera, info, rng)
-    for name, ids in zip(("train", "val", "test"), split_ids(static_ids)):
+    for name, ids in zip(("train", "val", "test"), ([], [], static_ids) if test_only else split_ids(static_ids)):
         atomic_write_text(root / f"{name}_list.txt", "".join(f"{vid}\n" for vid in ids))
     atomic_write_text(root / "dynamic_list.txt", "".join(f"{vid}\n" for vid in dynamic_ids))
