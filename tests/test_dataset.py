@@ -12,8 +12,9 @@ from batman.config import BatmanError, DataCfg, make_config
 from batman.data import drv
 from batman.data.drv import load_split
 from batman.data.cache import pack_counts
-from batman.data.dataset import ClipDataset, flip_clip, iter_frames, load_targets
+from batman.data.dataset import ClipDataset, FrameReader, flip_clip, iter_frames, load_targets
 from batman.data.raw import RawFrame, bin2x2, pack_bayer
+from batman.metrics import psnr
 
 CFG = DataCfg(crop=(8, 12), frames=3, clips_per_video=4, motion=0.0)
 
@@ -217,8 +218,8 @@ def test_white_balance_multiplies_the_raw_input(tmp_path):
     synthesize(tmp_path, videos=3, frames=2, size=(64, 96), seed=11)
     video = load_split(tmp_path, "train")[0]
     assert video.wb[0] != 1.0 and video.wb[1] == 1.0  # the DNG's AsShotNeutral, normalised to G1
-    plain = make_config("", {"data.white_balance": False, "data.max_gain": 1.0}).data
-    balanced = make_config("", {"data.white_balance": True, "data.max_gain": 1.0}).data
+    plain = make_config("", {"data.white_balance": False, "data.max_gain": 1.0, "data.colour": "camera"}).data
+    balanced = make_config("", {"data.white_balance": True, "data.max_gain": 1.0, "data.colour": "camera"}).data
     x0, x1 = next(iter_frames(video, plain)), next(iter_frames(video, balanced))
     expected = np.clip(x0 * np.asarray(video.wb, np.float32).reshape(4, 1, 1), 0, 1)
     np.testing.assert_allclose(x1, expected, rtol=1e-6)
@@ -238,3 +239,35 @@ def test_noise_map_channel_follows_the_gain_and_survives_transposes(tmp_path):
         assert torch.allclose(ds[i]["input"][:, 4], torch.tensor(expected, dtype=torch.float32))
     x = np.arange(5 * 2 * 2, dtype=np.float32).reshape(5, 2, 2)
     assert np.array_equal(flip_clip(x, False, False, True, packed=True)[4], x[4].T)
+
+
+def test_srgb_input_is_the_files_own_colour_matrix_on_the_balanced_raw(tmp_path):
+    """data.colour=srgb: LibRaw's matrix from each DNG equals the one synth drew for that video, and the
+    input is the balanced camera raw through the packed form of that matrix (cameras differ per video)."""
+    from batman.data.isp import packed_colour_matrix
+    from batman.data.synth import synthesize
+    synthesize(tmp_path, videos=3, frames=2, size=(64, 96), seed=13, cameras="train")
+    videos = load_split(tmp_path, "train") + load_split(tmp_path, "val")
+    assert len({v.meta["camera"] for v in videos}) > 1
+    camera = make_config("", {"data.max_gain": 1.0, "data.colour": "camera"}).data
+    srgb = make_config("", {"data.max_gain": 1.0}).data
+    for video in videos:
+        np.testing.assert_allclose(np.asarray(video.cam_to_srgb), video.meta["cam_to_srgb"], atol=2e-3)
+        x_cam = FrameReader(camera).linear(video, 0)
+        x_srgb = FrameReader(srgb).linear(video, 0)
+        expected = np.einsum("ij,jhw->ihw", packed_colour_matrix(video.cam_to_srgb), x_cam)
+        np.testing.assert_allclose(x_srgb, expected, atol=1e-5)
+
+
+def test_noise_free_srgb_input_through_a_plain_pipeline_is_the_truth(tmp_path):
+    """Held-out cameras, no noise: gain + identity-matrix pipeline on the sRGB input reproduces the
+    ground truth, so nothing camera-specific is left for the network to learn."""
+    from batman.data.isp import traditional_pipeline
+    from batman.data.synth import synthesize
+    synthesize(tmp_path, videos=2, frames=1, size=(64, 96), seed=14, cameras="heldout", noise=False,
+                     ratio=(1.0, 1.0))
+    cfg = make_config("", {}).data
+    for video in load_split(tmp_path, "train"):
+        x = next(iter_frames(video, cfg))
+        rendered = traditional_pipeline(x, np.ones(3), np.eye(3))
+        assert psnr(rendered, next(load_targets(video))) > 40

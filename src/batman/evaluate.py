@@ -43,21 +43,24 @@ class BaselineISP:
 
 
 def baseline_isp(video, cfg: Config) -> BaselineISP:
-    """Colour parameters from the synthetic metadata, else from the first raw frame, else neutral.
-    With data.white_balance the input is already balanced, so the pipeline's own balance is 1."""
+    """The pipeline that finishes the model's input: with data.white_balance the input is already
+    balanced (the pipeline's own balance is 1), with data.colour=srgb already in linear sRGB (its matrix
+    is the identity); what is left comes from the synthetic metadata, else the first raw frame."""
     from batman.data.raw import read_raw
 
+    if cfg.data.mode != "raw":
+        return BaselineISP(np.ones(3), np.eye(3), packed=False)
     meta = getattr(video, "meta", None) or {}
-    balanced = cfg.data.white_balance and cfg.data.mode == "raw"
+    balanced, in_srgb = cfg.data.white_balance, cfg.data.colour == "srgb" and video.cam_to_srgb is not None
+    if balanced and in_srgb:
+        return BaselineISP(np.ones(3), np.eye(3))
     if "wb" in meta and "cam_to_srgb" in meta:
-        wb = np.ones(3) if balanced else np.asarray(meta["wb"], float)[:3]
-        return BaselineISP(wb, np.asarray(meta["cam_to_srgb"], float))
-    if cfg.data.mode == "raw" and video.frames:
+        wb, matrix = np.asarray(meta["wb"], float)[:3], np.asarray(meta["cam_to_srgb"], float)
+    else:
         frame = read_raw(video.frames[0])
-        wb = np.ones(3) if balanced else np.asarray(frame.wb, float)[[0, 1, 3]]
+        wb = np.asarray(frame.wb, float)[[0, 1, 3]]
         matrix = frame.cam_to_srgb if frame.cam_to_srgb is not None else np.eye(3)
-        return BaselineISP(wb, matrix)
-    return BaselineISP(np.ones(3), np.eye(3), packed=cfg.data.mode == "raw")
+    return BaselineISP(np.ones(3) if balanced else wb, np.eye(3) if in_srgb else matrix)
 
 
 class Scores:
@@ -110,13 +113,13 @@ def method_name(path: Path, taken: set) -> str:
 def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result", baselines=(), videos=None,
              device: str | None = None, with_ssim: bool = True) -> dict:
     """Evaluate checkpoint `model` (default: best in trained_model/) and `baselines` on a split."""
-    from batman.ckpt import best_checkpoint, load_model
+    from batman.ckpt import load_model, shipped_weights
     from batman.data.cache import find_cache
     from batman.data.drv import load_split
     from batman.export import Enhancer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    paths = [Path(model) if model else best_checkpoint()] + [Path(p) for p in baselines]
+    paths = [Path(model) if model else shipped_weights()] + [Path(p) for p in baselines]
     enhancers, cfg = {}, None
     for path in paths:
         net, net_cfg = load_model(path, device)

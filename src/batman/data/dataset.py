@@ -1,7 +1,7 @@
 """Training clips and full-frame streams from DRV-layout videos.
 
-Raw mode: counts (from the cache, or decoded) -> normalize -> x gain (x the as-shot white balance when
-data.white_balance) -> clip to [0, 1], on the packed
+Raw mode: counts (from the cache, or decoded) -> normalize -> x the as-shot white balance (data.white_balance)
+-> the file's camera -> linear sRGB matrix (data.colour) -> x gain -> clip to [0, 1], on the packed
 grid binned by cfg.bin. Every packed pixel is a whole 2x2 Bayer tile, so crops at any offset and
 flips keep R, G1, G2, B meaning; only a transpose moves G1 (the red row's green) into the red
 column, which is G2's place, so it swaps those two channels.
@@ -40,13 +40,17 @@ def flip_clip(x: np.ndarray, hflip: bool, vflip: bool, transpose: bool, packed: 
     return np.ascontiguousarray(x)
 
 
-def gained(x: np.ndarray, gain: float, max_gain: float, wb: tuple[float, ...] | None = None) -> np.ndarray:
-    """x * min(gain, max_gain) (times the per-channel white balance `wb`), clipped to [0, 1] in place."""
-    scale = np.float32(min(gain, max_gain))
-    if wb is not None:
-        scale = scale * np.asarray(wb, dtype=np.float32).reshape(-1, 1, 1)
-    x *= scale
+def gained(x: np.ndarray, gain: float, max_gain: float) -> np.ndarray:
+    """x * min(gain, max_gain), clipped to [0, 1] in place."""
+    x *= np.float32(min(gain, max_gain))
     return np.clip(x, 0.0, 1.0, out=x)
+
+
+def to_linear_srgb(packed: np.ndarray, cam_to_srgb) -> np.ndarray:
+    """Packed balanced camera R, G1, G2, B (4, h, w) -> packed linear sRGB (isp.packed_colour_matrix)."""
+    from batman.data.isp import packed_colour_matrix
+    m = packed_colour_matrix(cam_to_srgb).astype(np.float32)
+    return np.einsum("ij,jhw->ihw", m, packed, optimize=True).astype(np.float32, copy=False)
 
 
 def with_noise_map(x: np.ndarray, gain: float, max_gain: float) -> np.ndarray:
@@ -71,6 +75,8 @@ class FrameReader:
     """Reads one input frame (C, h, w) of a window, from the cache when it has the frame."""
 
     def __init__(self, cfg: DataCfg, cache: str | Path | None = None):
+        if cfg.colour not in ("srgb", "camera"):
+            raise BatmanError(f"data.colour must be srgb or camera, got {cfg.colour!r}")
         self.cfg = cfg
         self.cache = FrameCache.open(cache) if cache else None
         if self.cache is not None and self.cache.bin != cfg.bin:
@@ -79,15 +85,22 @@ class FrameReader:
 
     def frame(self, video: Video, i: int, window: Window | None = None) -> np.ndarray:
         """Float32 (C, h, w) of frame i, gained and clipped; the whole frame when window is None."""
+        x = gained(self.linear(video, i, window), video.gains[i], self.cfg.max_gain)
+        return with_noise_map(x, video.gains[i], self.cfg.max_gain) if self.cfg.noise_map else x
+
+    def linear(self, video: Video, i: int, window: Window | None = None) -> np.ndarray:
+        """Float32 (C, h, w) of frame i before the gain: black-subtracted, normalised, balanced and in the
+        colour space of data.colour, nothing clipped (a dark frame's mean stays unbiased)."""
         path = video.frames[i]
         rows, cols = window.scaled(1) if window else (slice(None), slice(None))
         if video.mode == "rawrgb":
-            x = np.ascontiguousarray(read_target(path)[rows, cols].transpose(2, 0, 1))
-        else:
-            x = self._raw(path, rows, cols)
-        wb = video.wb if self.cfg.white_balance and video.mode == "raw" else None
-        x = gained(x, video.gains[i], self.cfg.max_gain, wb)
-        return with_noise_map(x, video.gains[i], self.cfg.max_gain) if self.cfg.noise_map else x
+            return np.ascontiguousarray(read_target(path)[rows, cols].transpose(2, 0, 1))
+        x = self._raw(path, rows, cols)
+        if self.cfg.white_balance:
+            x *= np.asarray(video.wb, dtype=np.float32).reshape(-1, 1, 1)
+        if self.cfg.colour == "srgb" and video.cam_to_srgb is not None:
+            x = to_linear_srgb(x, video.cam_to_srgb)
+        return x
 
     def _raw(self, path: Path, rows: slice, cols: slice) -> np.ndarray:
         entry = self.cache.entry(path) if self.cache is not None else None

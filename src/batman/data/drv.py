@@ -47,6 +47,7 @@ class Video:
     mode: str = "raw"
     size: tuple[int, int] = (0, 0)
     wb: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # as-shot white balance R, G1, G2, B (first frame's header)
+    cam_to_srgb: tuple | None = None  # the first frame's camera RGB -> linear sRGB matrix (None: unknown)
 
     @property
     def static(self) -> bool:
@@ -277,9 +278,10 @@ def _load_video(root: Path, video_id: str, mode: str, cache) -> Video:
         gains = frame_gains(root, video_id, frames, exposures, _long_exposure(root, video_id, cache))
     else:
         gains = (1.0,) * len(frames)  # the authors' PNGs are already gained
-    wb = read_header(frames[0]).wb if mode == "raw" else (1.0, 1.0, 1.0, 1.0)
+    header = read_header(frames[0]) if mode == "raw" else None
     return Video(id=video_id, frames=tuple(frames), targets=_targets(root, video_id, all_frames, frames),
-                 gains=gains, meta=read_meta(root, video_id), mode=mode, size=sizes[0], wb=wb)
+                 gains=gains, meta=read_meta(root, video_id), mode=mode, size=sizes[0],
+                 wb=header.wb if header else (1.0, 1.0, 1.0, 1.0), cam_to_srgb=header.cam_to_srgb if header else None)
 
 
 def load_split(root: str | Path, split: str, mode: str = "raw", cache: str | Path | None = None) -> list[Video]:
@@ -294,7 +296,8 @@ def load_split(root: str | Path, split: str, mode: str = "raw", cache: str | Pat
 
 
 def folder_video(folder: str | Path, gain: float = 1.0) -> Video:
-    """A plain folder of raw frames (no ground truth), e.g. for `batman export --input FOLDER`."""
+    """A plain folder of raw frames (no ground truth), e.g. for `batman export --input FOLDER`; the
+    gain is the same for every frame (see batman.exposure for choosing it from the burst)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BatmanError(f"input folder {folder} does not exist")
@@ -305,4 +308,4 @@ def folder_video(folder: str | Path, gain: float = 1.0) -> Video:
     sizes = [h.size for h in headers]
     _check_sizes(frames, sizes)
     return Video(id=folder.name, frames=tuple(frames), targets=(), gains=(float(gain),) * len(frames),
-                 meta={}, mode="raw", size=sizes[0], wb=headers[0].wb)
+                 meta={}, mode="raw", size=sizes[0], wb=headers[0].wb, cam_to_srgb=headers[0].cam_to_srgb)

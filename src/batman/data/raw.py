@@ -131,22 +131,25 @@ class RawHeader(NamedTuple):
     exposure_s: float | None
     white: float
     wb: tuple[float, ...]       # as-shot white balance R, G1, G2, B (ones for a non-Bayer file)
+    cam_to_srgb: tuple | None = None  # 3x3 camera RGB -> linear sRGB (rows), when the file says
 
 
 def read_header(path: str | Path) -> RawHeader:
-    """Size, exposure, white level and white balance from a raw file's header, without decoding
-    pixels (~1 ms)."""
+    """Size, exposure, white level, white balance and colour matrix from a raw file's header, without
+    decoding pixels (~1 ms)."""
     import rawpy
     rp = rawpy.RawPy()
     try:
         rp.open_file(str(path))
         size = (int(rp.sizes.height), int(rp.sizes.width))
         shutter = float(rp.other.shutter_speed)
-        wb = (1.0, 1.0, 1.0, 1.0)
+        wb, matrix = (1.0, 1.0, 1.0, 1.0), None
         if not _bayer_problem(rp):
             pattern = _pattern_letters(rp.raw_pattern, rp.color_desc)
             wb = _canonical_wb(rp, canonical_offsets(pattern), _index_at(rp))
-        return RawHeader(size, shutter if shutter > 0 else None, float(rp.white_level), wb)
+            matrix = _camera_matrix(rp)
+        return RawHeader(size, shutter if shutter > 0 else None, float(rp.white_level), wb,
+                         None if matrix is None else tuple(map(tuple, matrix.tolist())))
     except Exception as e:  # LibRaw errors: unreadable or unsupported header
         raise BatmanError(f"cannot read raw: {path} ({type(e).__name__}: {e})") from None
     finally:
