@@ -68,7 +68,7 @@ def test_input_folder_of_raw_copies(tmp_path):
     for i in range(3):
         shutil.copy(src, folder / f"frame{i}.kdc")
     out = tmp_path / "out"
-    export(input_folder=folder, model=save_untrained(tmp_path / "m.pt"), out=out, device="cpu")
+    export(input_folder=folder, model=save_untrained(tmp_path / "m.pt"), out=out, device="cpu", gain=1.0)
     frames = list(iio.imiter(out / "video" / "raws.mp4"))
     assert len(frames) == 3 and frames[0].shape[:2] == (128, 192)  # 512x768 mosaic -> packed -> binned
 
@@ -79,9 +79,9 @@ def test_rawrgb_model_refuses_raw_folder(tmp_path):
         export(input_folder=tmp_path, model=model, out=tmp_path / "out", device="cpu")
 
 
-def test_missing_model_says_how_to_train(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(BatmanError, match="train one first"):
+def test_missing_model_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "SHIPPED", tmp_path / "none.safetensors")
+    with pytest.raises(BatmanError, match="make pretrain"):
         export(input_folder=tmp_path, model=None, out=tmp_path / "out", device="cpu")
 
 

@@ -176,14 +176,36 @@ class VideoSink:
 
 # --- export ------------------------------------------------------------------------------------
 
-def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=None):
-    from batman.data.drv import folder_video, load_split
+def burst_video(cfg: Config, folder, gain: float | None = None):
+    """A folder of raw frames as a Video with one gain for every frame: `gain`, else chosen from the
+    burst's brightness (infer.auto_gain); the choice is printed."""
+    from batman.data.drv import folder_video
+    from batman.infer import auto_gain
+
+    if cfg.data.mode != "raw":
+        raise BatmanError(f"the model was trained on {cfg.data.mode} input; --input {folder} holds raw "
+                          f"frames: use a raw-mode checkpoint or --root with the VBM4D_rawRGB folder")
+    video = folder_video(folder)
+    if gain is not None:
+        if not 0 < gain < float("inf"):
+            raise BatmanError(f"--gain must be a positive number, got {gain}")
+        tqdm.write(f"{video.id}: gain {gain:g}, from --gain")
+        return folder_video(folder, gain)
+    if not cfg.data.exposure_level > 0:
+        raise BatmanError(f"the model does not record the brightness it was trained at (data.exposure_level): "
+                          f"pass --gain G for {folder}")
+    chosen = auto_gain(video, cfg.data)
+    tqdm.write(f"{video.id}: gain {chosen:.1f}, from the burst's brightness (--gain G overrides)")
+    return folder_video(folder, chosen)
+
+
+def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=None, gain: float | None = None):
+    from batman.data.drv import load_split
 
     if input_folder is not None:
-        if cfg.data.mode != "raw":
-            raise BatmanError(f"the model was trained on {cfg.data.mode} input; --input {input_folder} holds raw "
-                              f"frames: use a raw-mode checkpoint or --root with the VBM4D_rawRGB folder")
-        return [folder_video(input_folder)]
+        return [burst_video(cfg, input_folder, gain)]
+    if gain is not None:
+        raise BatmanError("--gain goes with --input: DRV-layout videos take their gains from the exposure times")
     found = load_split(root, split, cfg.data.mode, cache=cache)
     if videos:
         missing = sorted(set(videos) - {v.id for v in found})
@@ -195,7 +217,7 @@ def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=No
 
 def export(root=None, input_folder=None, model=None, out="result", split: str = "test", videos=None,
            tile: int = 0, overlap: int = 32, side_by_side: bool = False, fps: float = 20.0, frames: int = 0,
-           device: str | None = None) -> list[Path]:
+           device: str | None = None, gain: float | None = None) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths."""
     from batman.ckpt import load_model
     from batman.data.cache import find_cache
@@ -205,7 +227,7 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
     out = Path(out)
     written = []
     cache = find_cache(root, cfg.data.cache or None) if root else None
-    for video in resolve_videos(cfg, root, input_folder, split, videos, cache):
+    for video in resolve_videos(cfg, root, input_folder, split, videos, cache, gain):
         written += export_video(net, cfg, video, out, tile=tile, overlap=overlap, side_by_side=side_by_side,
                                 fps=fps, frames=frames, device=device, cache=cache)
     tqdm.write(f"wrote {len(written)} videos into {out / 'video'} and PNG frames into {out / 'frames'}")

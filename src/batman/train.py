@@ -13,7 +13,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -318,6 +318,22 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
+def out_of_time(prog: Progress, cfg: Config) -> bool:
+    """The epochs trained so far (over every resume) took train.max_minutes or more."""
+    spent_s = sum(h.get("time_s", 0.0) for h in prog.history)
+    return cfg.train.max_minutes > 0 and spent_s >= 60 * cfg.train.max_minutes
+
+
+def with_exposure_level(cfg: Config, train_set) -> Config:
+    """cfg with data.exposure_level measured on the training videos (kept when set explicitly), so that
+    every checkpoint knows the input brightness its model expects (infer.auto_gain aims at it)."""
+    from batman.infer import exposure_level
+    if cfg.data.exposure_level > 0 or cfg.data.mode != "raw":
+        return cfg
+    level = exposure_level(train_set.videos, train_set.reader)
+    return replace(cfg, data=replace(cfg.data, exposure_level=round(level, 6)))
+
+
 def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = None) -> dict:
     """Train `cfg` into the folder `out`; returns {'best': val loss, 'epochs': n, 'stopped': reason}."""
     d = setup_distributed()
@@ -328,6 +344,7 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
     seed_everything(cfg.seed + d.rank, cfg.train.deterministic)
 
     train_set, loader, sampler, val_loader = build_data(cfg, d)
+    cfg = with_exposure_level(cfg, train_set)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = model_for(cfg).to(device)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
@@ -354,7 +371,7 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
     epochs_bar = tqdm(range(prog.epoch, cfg.train.epochs), desc="epochs", initial=prog.epoch,
                       total=cfg.train.epochs, disable=not d.main or None, position=0)
     for epoch in epochs_bar:
-        if prog.bad_epochs >= cfg.train.patience:  # a resumed run that had already stopped
+        if prog.bad_epochs >= cfg.train.patience or out_of_time(prog, cfg):  # a resumed run that had stopped
             break
         sampler.set_epoch(epoch, skip=prog.step_in_epoch * cfg.train.batch)
         train_set.set_epoch(epoch)
@@ -393,9 +410,13 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
             epochs_bar.set_postfix(train=f"{mean_train:.4f}", val=f"{val_loss:.4f}", psnr=f"{val_psnr:.2f}")
             tqdm.write(f"epoch {epoch + 1}: train {mean_train:.4f}  val {val_loss:.4f}  PSNR {val_psnr:.2f} dB"
                        + ("  (best)" if improved else f"  ({prog.bad_epochs} without improvement)"))
-        if prog.bad_epochs >= cfg.train.patience:
+        if prog.bad_epochs >= cfg.train.patience or out_of_time(prog, cfg):
             break
-    if prog.bad_epochs >= cfg.train.patience:
+    if out_of_time(prog, cfg):
+        stopped = "time budget"
+        if d.main:
+            tqdm.write(f"stopped: the time budget of {cfg.train.max_minutes:g} min (train.max_minutes) is spent")
+    elif prog.bad_epochs >= cfg.train.patience:
         stopped = "early stop"
         if d.main:
             tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
