@@ -12,6 +12,10 @@ NNODES        ?= 1
 RDZV          ?= localhost:29500
 PYTEST_ARGS   ?=
 SET           ?=
+photos        ?= ../shared/images
+pretrain_dir  ?= build/pretrain
+minutes       ?= 60
+HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
 
 MODEL_ARG := $(if $(model),--model $(model),)
 SET_ARG   := $(if $(SET),--set $(SET),)
@@ -22,7 +26,7 @@ TRAIN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --rdz
 endif
 
 .PHONY: help install test test_all demo synth download_dataset prepare train_titan train_1080ti train_1080 \
-        train_cpu evaluate export_video bench clean
+        train_cpu evaluate export_video bench clean pretrain
 
 help:  ## list the targets
 	@grep -E '^[a-z_0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -74,6 +78,21 @@ export_video: install  ## enhance videos into result_path/video/*.mp4 and result
 
 bench: install  ## benchmarks: inference, export, data, memory, quality study
 	$(BATMAN) bench all --out $(result_path)/bench
+
+pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; kodim19-24 held out; minutes=60 per model)
+	$(BATMAN) synth --out $(pretrain_dir)/train_data --images $(photos) --exclude $(HELDOUT) --videos 120 --dynamic 40 \
+	    --frames 12 --size 768x768 --cameras train --seed 1
+	$(BATMAN) synth --out $(pretrain_dir)/heldout --images $(photos) --only $(HELDOUT) --videos 12 --dynamic 6 \
+	    --frames 16 --size 768x768 --cameras heldout --seed 7 --test-only
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm --resume auto \
+	    --set train.max_minutes=$(minutes) $(SET)
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet --resume auto \
+	    --set train.max_minutes=$(minutes) model.name=unet $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm --out trained_model/batman_default.safetensors
+	$(BATMAN) evaluate --root $(pretrain_dir)/heldout --model trained_model/batman_default.safetensors \
+	    --compare $(pretrain_dir)/unet/last.pt --out $(pretrain_dir)/eval_static
+	$(BATMAN) evaluate --root $(pretrain_dir)/heldout --split dynamic --model trained_model/batman_default.safetensors \
+	    --compare $(pretrain_dir)/unet/last.pt --out $(pretrain_dir)/eval_dynamic
 
 clean:  ## remove caches (keeps .venv, checkpoints and results)
 	rm -rf .pytest_cache build src/*.egg-info

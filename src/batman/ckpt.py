@@ -17,6 +17,8 @@ from batman.config import BatmanError, Config
 from batman.files import atomic_write_bytes
 
 LAST = "last.pt"
+SHIPPED = Path(__file__).resolve().parents[2] / "trained_model" / "batman_default.safetensors"
+WEIGHTS_FORMAT = "batman-weights-1"
 _EPOCH_RE = re.compile(r"^epoch_(\d+)_loss_(\d+(?:\.\d+)?)\.pt$")
 
 
@@ -115,13 +117,91 @@ def prune_checkpoints(folder: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def load_model(path: str | Path | None, device: str | torch.device = "cpu", folder: str | Path = "trained_model"):
-    """Build the model a checkpoint describes and load its weights: (model in eval mode, config)."""
+def load_model(path: str | Path | None, device: str | torch.device = "cpu", folder: str | Path | None = None):
+    """Build the model a checkpoint (.pt) or released weights (.safetensors) describe and load its weights:
+    (model in eval mode, config). No path: the best checkpoint in `folder` when given, else the shipped
+    default weights."""
     from batman.model.net import model_for
 
-    path = Path(path) if path else best_checkpoint(folder)
-    ckpt = load_checkpoint(path)
-    cfg = checkpoint_config(ckpt, path)
+    if path is None:
+        path = best_checkpoint(folder) if folder is not None else shipped_weights()
+        print(f"model: {path}")
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state, cfg = load_weights(path)
+    else:
+        ckpt = load_checkpoint(path)
+        state, cfg = ckpt["model"], checkpoint_config(ckpt, path)
     model = model_for(cfg)
-    load_state_strict(model, ckpt["model"], path)
+    load_state_strict(model, state, path)
     return model.to(device).eval(), cfg
+
+
+# --- released weights: float16 safetensors + the config, verified by sha256 --------------------
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_weights() -> Path:
+    """The default weights in trained_model/, or a clear error telling how to get some."""
+    if not SHIPPED.is_file():
+        raise BatmanError(f"no shipped weights at {SHIPPED} and no --model given: pass --model PATH, or "
+                          f"reproduce them with `make pretrain photos=DIR`")
+    return SHIPPED
+
+
+def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None) -> Path:
+    """Write a checkpoint's weights as float16 safetensors (the config inside as metadata) and a JSON
+    sidecar with the config, the file's sha256 and `card` (training facts); both atomic."""
+    import json
+
+    from safetensors.torch import save
+
+    from batman.files import atomic_write_text
+    checkpoint, out = Path(checkpoint), Path(out)
+    ckpt = load_checkpoint(checkpoint)
+    cfg = checkpoint_config(ckpt, checkpoint)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise BatmanError(f"{checkpoint} holds non-finite weights (or weights beyond float16): not released")
+    atomic_write_bytes(out, save(state, metadata={"format": WEIGHTS_FORMAT, "config": cfg.to_json()}))
+    sidecar = {"weights": out.name, "sha256": sha256_of(out), "format": WEIGHTS_FORMAT, "source": str(checkpoint),
+               "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "commit": ckpt.get("commit"),
+               "config": cfg.to_dict(), **(card or {})}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_weights(path: Path) -> tuple[dict, Config]:
+    """Released weights (float16 -> float32) and their config; checked against the sidecar's sha256."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            expected = json.loads(sidecar.read_text()).get("sha256")
+        except ValueError as e:
+            raise BatmanError(f"cannot read {sidecar} ({e})") from None
+        if expected and sha256_of(path) != expected:
+            raise BatmanError(f"{path} does not match the sha256 in {sidecar}: the file is damaged or was replaced")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, ValueError) as e:
+        raise BatmanError(f"{path} is not a readable safetensors file ({e})") from None
+    if meta.get("format") != WEIGHTS_FORMAT or "config" not in meta:
+        raise BatmanError(f"{path} holds no batman config: not released by batman")
+    try:
+        cfg = Config.from_json(meta["config"])
+    except (BatmanError, ValueError) as e:
+        raise BatmanError(f"{path} was written by an incompatible batman version ({e})") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, cfg

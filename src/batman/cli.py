@@ -46,7 +46,8 @@ def cmd_inspect(args) -> int:
 def cmd_synth(args) -> int:
     from batman.data.synth import synthesize
     synthesize(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
-               images=args.images, dynamic=args.dynamic, ratio=tuple(args.ratio))
+               images=args.images, dynamic=args.dynamic, ratio=tuple(args.ratio), cameras=args.cameras,
+               exclude=tuple(args.exclude), only=tuple(args.only), test_only=args.test_only)
     return 0
 
 
@@ -80,7 +81,15 @@ def cmd_export(args) -> int:
     from batman.export import export
     export(root=args.root, input_folder=args.input, model=args.model, out=args.out, split=args.split,
            videos=args.videos, tile=args.tile, overlap=args.overlap, side_by_side=args.side_by_side,
-           fps=args.fps, frames=args.frames)
+           fps=args.fps, frames=args.frames, gain=args.gain)
+    return 0
+
+
+def cmd_release(args) -> int:
+    from batman.ckpt import best_checkpoint, release_weights
+    source = args.checkpoint if args.checkpoint.is_file() else best_checkpoint(args.checkpoint)
+    out = release_weights(source, args.out)
+    print(f"released {source} as {out} (float16, {out.stat().st_size / 1e6:.1f} MB) + {out.with_suffix('.json')}")
     return 0
 
 
@@ -132,7 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--frames", type=int, default=16)
     sp.add_argument("--size", type=_size, default=(512, 768), help="Bayer mosaic HxW (ground truth: H/4 x W/4)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--images", type=Path, default=None, help="folder of clean photos (default: skimage's)")
+    sp.add_argument("--images", type=Path, nargs="+", default=None,
+                    help="folders of clean photos (default: skimage's)")
+    sp.add_argument("--exclude", nargs="*", default=[], metavar="PATTERN",
+                    help="leave out photos whose name matches, e.g. 'kodim19*' (a held-out part)")
+    sp.add_argument("--only", nargs="*", default=[], metavar="PATTERN", help="use only photos whose name matches")
+    sp.add_argument("--test-only", action="store_true", help="every static video in the test list (an evaluation set)")
+    sp.add_argument("--cameras", default="train", choices=["one", "train", "heldout"],
+                    help="colour matrices: one for the whole set (like DRV), each video its own real camera, "
+                         "or real cameras that 'train' never uses (for held-out evaluation)")
     sp.add_argument("--dynamic", type=int, default=0, help="extra videos with motion and per-frame truth")
     sp.add_argument("--ratio", type=float, nargs=2, default=(50.0, 300.0), metavar=("LO", "HI"),
                     help="darkening ratio range (the gain the model must undo)")
@@ -177,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overlap", type=int, default=32)
     sp.add_argument("--side-by-side", action="store_true", help="also write input | output | truth videos")
     sp.add_argument("--fps", type=float, default=20.0)
+    sp.add_argument("--gain", type=float, default=None,
+                    help="with --input: amplify every frame by G (default: chosen from the burst's brightness)")
+
+    sp = add("release", cmd_release, "write a checkpoint's weights as float16 safetensors + config + sha256")
+    sp.add_argument("checkpoint", type=Path, help="a checkpoint, or a run folder (its best checkpoint)")
+    sp.add_argument("--out", type=Path, default=Path("trained_model/batman_default.safetensors"))
 
     sp = add("demo", cmd_demo, "synthesise data, train, evaluate and export, no data set needed")
     sp.add_argument("--out", type=Path, default=Path("result/demo"))

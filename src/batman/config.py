@@ -38,6 +38,11 @@ class DataCfg:
                               # gain sets the noise of the gained signal (EMVD conditions on such a map)
     white_balance: bool = True  # multiply raw input by the file's as-shot white balance (spares the
                                 # network guessing each scene's illuminant; DRV's ARWs carry it)
+    exposure_level: float = 0.0  # brightness of the gained training inputs (infer.brightness): set by train
+                                 # from its data; `export --input` picks the gain that brings a burst there
+    colour: str = "srgb"      # srgb: balanced raw input -> linear sRGB with each file's own colour matrix, so
+                              # the network sees a camera-independent space and works on any Bayer camera;
+                              # camera: leave it in the sensor's RGB (the network learns one camera's colours)
 
     @property
     def in_channels(self) -> int:
@@ -81,6 +86,8 @@ class TrainCfg:
     keep: int = 3             # best epoch checkpoints kept
     deterministic: bool = False  # torch deterministic algorithms (slower; for exact resume tests)
     threads: int = 0          # torch CPU threads (0: torch's default)
+    max_minutes: float = 0.0  # stop after the epoch that takes the run's training time (resumes included)
+                              # past this budget (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,11 @@ PRESETS: dict[str, dict] = {
              "model.checkpointing": True},
     "cpu": {"data.crop": (128, 128), "data.frames": 8, "train.batch": 2, "train.steps_per_epoch": 100,
             "train.val_clips": 8},
+    # The shipped weights (`make pretrain`): CPU-sized crops, a whole-budget run stopped by time (see
+    # docs/MODEL_CARD.md), last.pt every 10 steps so a killed run loses little.
+    "pretrain": {"data.crop": (96, 96), "data.frames": 6, "train.batch": 2, "train.steps_per_epoch": 50,
+                 "train.epochs": 1000, "train.val_clips": 8, "train.lr": 5e-4, "train.patience": 1000,
+                 "train.save_every": 10, "data.clips_per_video": 2},
     # The demo trains its whole budget: 4 validation clips are too noisy to stop early on (patience 3
     # once ended the demo clstm after 7 of 12 epochs: 30.6 dB static, 25.0 moving; all 12: 31.6 and 26.9).
     "demo": {"data.crop": (64, 64), "data.frames": 6, "train.batch": 2, "train.steps_per_epoch": 40,
