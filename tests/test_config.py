@@ -89,3 +89,26 @@ def test_bad_config_file_is_a_one_line_error(tmp_path, text, reason):
     (tmp_path / "c.json").write_text(text)
     with pytest.raises(BatmanError, match=reason):
         make_config(file=tmp_path / "c.json")
+
+
+def train_args(*argv):
+    from batman.cli import build_parser
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_train_config_from_a_runs_config_json_equals_the_run(tmp_path):
+    from batman.cli import train_config
+    run_cfg, _ = train_config(train_args("--root", "data/x", "--preset", "demo", "--set", "model.hidden=24",
+                                         "train.lr=2e-3"))
+    run_cfg.save(tmp_path / "config.json")
+    again, preset = train_config(train_args("--config", str(tmp_path / "config.json")))
+    assert again == run_cfg and preset == ""  # no cpu preset laid over the file
+    tweaked, _ = train_config(train_args("--config", str(tmp_path / "config.json"), "--preset", "cpu",
+                                         "--set", "train.lr=1e-4"))
+    assert tweaked.data.crop == PRESETS["cpu"]["data.crop"] and tweaked.train.lr == 1e-4
+    assert tweaked.model.hidden == 24 and tweaked.data.root == "data/x"
+
+
+def test_train_without_config_keeps_the_cpu_preset():
+    from batman.cli import train_config
+    assert train_config(train_args("--root", "d"))[0] == make_config("cpu", {"data.root": "d"})

@@ -110,14 +110,32 @@ def test_resume_refuses_another_model(syn, tmp_path):
         train(tiny_cfg(syn, **{"train.epochs": 2, "model.name": "unet"}), out=tmp_path, resume="auto")
 
 
+def test_each_run_has_its_own_folder_and_resume_auto_finds_the_same_config(syn, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    quick = {"train.epochs": 1, "train.steps_per_epoch": 2}
+    first = train(tiny_cfg(syn, **quick), resume="auto", label="demo")["out"]
+    other = train(tiny_cfg(syn, **quick, **{"train.lr": 5e-4}), resume="auto", label="demo")["out"]
+    assert first != other and first.parent == other.parent == ckpt.RUNS
+    assert first.name.startswith("demo-clstm-") and ckpt.best_checkpoint(other).parent == other
+    capsys.readouterr()
+    again = train(tiny_cfg(syn, **quick), resume="auto", label="demo")
+    assert again["out"] == first and again["epochs"] == 1
+    assert f"resumed from {first / ckpt.LAST}" in capsys.readouterr().out
+    with pytest.raises(BatmanError, match="already holds a training run.*--resume auto"):
+        train(tiny_cfg(syn, **quick), out=first)
+
+
 def test_torchrun_two_ranks_agree_and_write_once(syn, tmp_path):
+    """No --out: rank 0 names the timestamped run folder and tells the other rank, so there is one."""
     torchrun = Path(sys.executable).with_name("torchrun")
-    out = tmp_path / "ddp"
     sets = [f"{k}={v!r}" for k, v in {**TINY, "train.epochs": 2, "train.threads": 1}.items()]
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "batman", "train",
-                           "--root", str(syn), "--preset", "demo", "--out", str(out), "--set", *sets],
-                          capture_output=True, text=True, timeout=400)
+                           "--root", str(syn), "--preset", "demo", "--set", *sets],
+                          capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = list((tmp_path / ckpt.RUNS).iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("demo-clstm-"), runs
+    out = runs[0]
     assert "weights identical on all 2 ranks" in proc.stderr + proc.stdout
     assert len(list(out.glob("epoch_*.pt"))) <= 2 and (out / "log.csv").read_text().count("\n") == 3
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("epoch_")) == \

@@ -46,22 +46,26 @@ class Dist:
         return self.world > 1
 
 
-def setup_distributed() -> Dist:
+def setup_distributed(device: torch.device) -> Dist:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on CUDA, gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def pick_device(d: Dist) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
+def pick_device(d: Dist, device: torch.device) -> torch.device:
+    """The device this rank trains on: under torchrun, `cuda` means cuda:LOCAL_RANK."""
+    if device.type != "cuda":
+        return device
+    if d.enabled:
+        if device.index is not None:
+            raise BatmanError(f"--device {device} with torchrun: each rank takes cuda:LOCAL_RANK; pass --device cuda")
+        device = torch.device("cuda", d.local_rank)
+    torch.cuda.set_device(device.index or 0)
+    return torch.device("cuda", device.index or 0)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -240,6 +244,39 @@ def training_state(model, opt, scaler, sched, cfg: Config, prog: Progress) -> di
     }
 
 
+def choose_run_folder(cfg: Config, d: Dist, out: str | Path | None = None, name: str | None = None,
+                      label: str = "", resume: str | None = None) -> Path:
+    """The run's folder: `out`; else runs/NAME; else the folder of a --resume PATH; else, with --resume auto,
+    the newest run in runs/ whose config equals `cfg`; else a new runs/<label>-<model>-<timestamp>.
+
+    A given folder that already holds checkpoints is refused without --resume: a second run would
+    overwrite last.pt and mix its epoch checkpoints with the first one's. Rank 0 chooses; the others
+    are told, so every rank of a torchrun agrees on one timestamp.
+    """
+    if out is None and name:
+        out = ckpts.RUNS / name
+    if out is None and resume and resume != "auto":
+        out = Path(resume).parent
+    if out is not None:
+        out = Path(out)
+        if not resume and ckpts.holds_run(out):
+            raise BatmanError(f"{out} already holds a training run ({ckpts.LAST}, epoch checkpoints): pass --resume "
+                              f"auto to continue it, or another --out / --name (default: a new folder in "
+                              f"{ckpts.RUNS}/)")
+        how = "given"
+    elif d.main:
+        found = ckpts.find_run(cfg) if resume == "auto" else None
+        out, how = (found, "resumed: same config") if found else (
+            ckpts.new_run_folder("-".join(filter(None, [label, cfg.model.name]))), "new")
+    if d.enabled:
+        box = [str(out) if d.main else None]
+        dist.broadcast_object_list(box, src=0)
+        out = Path(box[0])
+    if d.main:
+        tqdm.write(f"run folder: {out} ({how})")
+    return out
+
+
 def find_resume_checkpoint(out: Path, resume: str | None) -> tuple[Path | None, dict | None]:
     """--resume PATH, or 'auto': OUT/last.pt, falling back to the newest good epoch checkpoint."""
     if not resume:
@@ -318,13 +355,17 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = None) -> dict:
-    """Train `cfg` into the folder `out`; returns {'best': val loss, 'epochs': n, 'stopped': reason}."""
-    d = setup_distributed()
-    device = pick_device(d)
+def train(cfg: Config, out: str | Path | None = None, resume: str | None = None, device: str | None = None,
+          name: str | None = None, label: str = "") -> dict:
+    """Train `cfg` into a run folder (see choose_run_folder: `out`, runs/NAME, or runs/<label>-<model>-<time>)
+    on `device` (cpu, cuda, cuda:N; None: CUDA when available).
+    Returns {'best': val loss, 'epochs': n, 'stopped': reason, 'history': [...], 'out': run folder}."""
+    wanted = ckpts.resolve_device(device)
+    d = setup_distributed(wanted)
+    device = pick_device(d, wanted)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    out = Path(out)
+    out = choose_run_folder(cfg, d, out, name, label, resume)
     seed_everything(cfg.seed + d.rank, cfg.train.deterministic)
 
     train_set, loader, sampler, val_loader = build_data(cfg, d)
@@ -402,4 +443,4 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
     if d.enabled:
         check_ranks_agree(model, d)
         dist.destroy_process_group()
-    return {"best": prog.best, "epochs": prog.epoch, "stopped": stopped, "history": prog.history}
+    return {"best": prog.best, "epochs": prog.epoch, "stopped": stopped, "history": prog.history, "out": out}
