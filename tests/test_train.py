@@ -13,7 +13,7 @@ import torch
 
 from batman import ckpt
 from batman.config import BatmanError, make_config
-from batman.train import train
+from batman.train import lr_factor, train
 
 TINY = {  # a ResNet-18 on 32x32 crops of 4 frames: seconds per epoch on two cores
     "data.crop": (32, 32), "data.frames": 4, "data.clips_per_video": 2, "model.hidden": 16, "model.fusion": 16,
@@ -60,6 +60,24 @@ def test_non_finite_loss_stops_clearly_without_saving(syn, tmp_path):
     with pytest.raises(BatmanError, match="training loss became (nan|inf)"):
         train(tiny_cfg(syn, **{"train.lr": 1e30, "train.epochs": 3}), out=tmp_path)
     assert not list(tmp_path.glob("epoch_*.pt"))
+
+
+def test_lr_schedules():
+    assert [lr_factor(s, "const", 0, 100) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, "const", 4, 100) for s in (0, 1, 3, 4, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(s, "cosine", 10, 110) for s in range(110)]
+    assert cosine[:10] == [pytest.approx((s + 1) / 10) for s in range(10)]
+    assert cosine[10] == 1.0 and cosine[60] == pytest.approx(0.5) and cosine[-1] < 1e-3
+    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
+    with pytest.raises(BatmanError, match="train.schedule must be const or cosine, not 'linear'"):
+        lr_factor(0, "linear", 0, 10)
+
+
+def test_cosine_schedule_in_training_and_the_default_stays_constant(syn, tmp_path):
+    quick = {"train.epochs": 2, "train.steps_per_epoch": 4, "train.patience": 5}
+    lrs = [h["lr"] for h in train(tiny_cfg(syn, **quick, **{"train.schedule": "cosine"}), out=tmp_path / "cos")["history"]]
+    assert lrs == [pytest.approx(1e-3 * lr_factor(s, "cosine", 0, 8)) for s in (4, 8)]  # the next step's lr
+    assert make_config("demo").train.schedule == "const" and make_config("demo").train.warmup_steps == 0
 
 
 def run_train_subprocess(root, out, overrides, env_extra=None) -> subprocess.Popen:

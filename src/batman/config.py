@@ -68,6 +68,8 @@ class ModelCfg:
 @dataclass(frozen=True)
 class TrainCfg:
     lr: float = 1e-4
+    schedule: str = "const"   # const | cosine: half a cosine from lr down to 0 over all epochs' steps
+    warmup_steps: int = 0     # linear warm-up of the lr over the first N optimiser steps (either schedule)
     weight_decay: float = 1e-4
     batch: int = 2
     epochs: int = 100

@@ -141,6 +141,19 @@ def build_data(cfg: Config, d: Dist):
     return train_set, train_loader, sampler, val_loader
 
 
+def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The multiplier of train.lr for optimiser step `step` (0-based): a linear warm-up over `warmup_steps`,
+    then constant (const) or half a cosine that reaches 0 at `total_steps` (cosine)."""
+    if schedule not in ("const", "cosine"):
+        raise BatmanError(f"train.schedule must be const or cosine, not {schedule!r}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "const":
+        return 1.0
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 # --- loss -----------------------------------------------------------------------------------
 
 def reconstruction_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -373,7 +386,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
     model = model_for(cfg).to(device)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # constant lr; kept in checkpoints
+    total_steps = cfg.train.epochs * (sampler.num // cfg.train.batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # its step count is kept in checkpoints; the function is cfg's
+        opt, lambda step: lr_factor(step, cfg.train.schedule, cfg.train.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     ckpt_path, ckpt = find_resume_checkpoint(out, resume)
