@@ -80,6 +80,37 @@ def test_cosine_schedule_in_training_and_the_default_stays_constant(syn, tmp_pat
     assert make_config("demo").train.schedule == "const" and make_config("demo").train.warmup_steps == 0
 
 
+def tensorboard_events(folder: Path) -> dict:
+    """{tag: [(step, value)]} of the scalars and {tag: count} of the images TensorBoard logged in a folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {"scalars": scalars, "images": {tag: len(events.Images(tag)) for tag in events.Tags()["images"]}}
+
+
+def test_tensorboard_logs_loss_lr_validation_and_images(syn, tmp_path):
+    pytest.importorskip("tensorboard")
+    quick = {"train.epochs": 2, "train.steps_per_epoch": 3, "train.patience": 5, "train.schedule": "cosine"}
+    result = train(tiny_cfg(syn, **quick), out=tmp_path)
+    logged = tensorboard_events(tmp_path / "tensorboard")
+    scalars = logged["scalars"]
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 7))
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([1e-3 * lr_factor(s, "cosine", 0, 6) for s in range(6)])
+    assert [v for _, v in scalars["val/loss"]] == pytest.approx([h["val_loss"] for h in result["history"]])
+    assert [s for s, _ in scalars["val/psnr_db"]] == [3, 6]
+    assert logged["images"]["val/clip0_output_truth"] == 2  # one per epoch (this set has one validation video)
+    assert (tmp_path / "log.csv").is_file() and (tmp_path / "loss.png").is_file()
+
+
+def test_without_tensorboard_training_logs_csv_and_plot_only(syn, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were missing
+    train(tiny_cfg(syn, **{"train.epochs": 1, "train.steps_per_epoch": 2}), out=tmp_path)
+    assert not (tmp_path / "tensorboard").exists()
+    assert (tmp_path / "log.csv").is_file() and (tmp_path / "loss.png").is_file()
+    assert "TensorBoard logging off" in capsys.readouterr().out
+
+
 def run_train_subprocess(root, out, overrides, env_extra=None) -> subprocess.Popen:
     sets = [f"{k}={v!r}" for k, v in overrides.items()]
     cmd = [sys.executable, "-m", "batman", "train", "--root", str(root), "--preset", "demo", "--out", str(out),
@@ -156,5 +187,5 @@ def test_torchrun_two_ranks_agree_and_write_once(syn, tmp_path):
     out = runs[0]
     assert "weights identical on all 2 ranks" in proc.stderr + proc.stdout
     assert len(list(out.glob("epoch_*.pt"))) <= 2 and (out / "log.csv").read_text().count("\n") == 3
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("epoch_")) == \
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("epoch_", "tensorboard"))) == \
         ["config.json", "last.pt", "log.csv", "loss.png"]

@@ -85,6 +85,8 @@ class TrainCfg:
     keep: int = 3             # best epoch checkpoints kept
     deterministic: bool = False  # torch deterministic algorithms (slower; for exact resume tests)
     threads: int = 0          # torch CPU threads (0: torch's default)
+    tensorboard: bool = True  # log to <run>/tensorboard when the tensorboard package is installed (else off)
+    log_images: int = 2       # validation clips shown in TensorBoard each epoch (last frame: output | truth)
 
 
 @dataclass(frozen=True)

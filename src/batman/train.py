@@ -224,14 +224,17 @@ def train_step(model, batch, opt, scaler, cfg: Config, device, amp_dtype) -> flo
 
 
 @torch.no_grad()
-def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist) -> tuple[float, float]:
-    """Mean L1 and PSNR over the validation clips, reduced over ranks.
+def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist,
+             keep_images: int = 0) -> tuple[float, float, list[torch.Tensor]]:
+    """Mean L1 and PSNR over the validation clips, reduced over ranks, and the last frame of this rank's
+    first `keep_images` clips as output | truth side by side, (3, H, 2W) on the CPU.
 
     Runs the unwrapped network: DDP's forward broadcasts buffers (the tone curve's knots, BatchNorm
     statistics), a collective that hangs when ranks hold different numbers of validation clips."""
     model.eval()
     net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     sums = torch.zeros(3, dtype=torch.float64)
+    images = []
     for batch in loader:
         x, y = batch["input"].to(device), batch["target"].to(device)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
@@ -239,11 +242,28 @@ def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist) -> tuple[fl
         out = out.float().clamp(0, 1)
         mse = F.mse_loss(out, y).item()
         sums += torch.tensor([F.l1_loss(out, y).item(), -10 * math.log10(max(mse, 1e-10)), 1.0], dtype=torch.float64)
+        if len(images) < keep_images:
+            images.append(torch.cat([out[0, -1], y[0, -1]], dim=-1).cpu())
     if d.enabled:
         dist.all_reduce(sums)
     model.train()
     n = max(sums[2].item(), 1.0)
-    return sums[0].item() / n, sums[1].item() / n
+    return sums[0].item() / n, sums[1].item() / n, images
+
+
+def tensorboard_writer(out: Path, cfg: Config, purge_step: int | None):
+    """A SummaryWriter into OUT/tensorboard, or None when train.tensorboard is off or the optional
+    tensorboard package is missing (the CSV and loss.png are written either way).
+
+    `purge_step` (a resumed run's step) hides what a killed run had logged after its last checkpoint."""
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write("note: TensorBoard logging off (pip install tensorboard to have it)")
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge_step)
 
 
 def training_state(model, opt, scaler, sched, cfg: Config, prog: Progress) -> dict:
@@ -350,6 +370,17 @@ def write_log(out: Path, history: list[dict]) -> None:
     plot_losses(out / "loss.png", history)
 
 
+def log_epoch(board, row: dict, images: list[torch.Tensor], step: int) -> None:
+    """One epoch's line of the CSV as TensorBoard scalars, and the validation images (output | truth)."""
+    board.add_scalar("val/loss", row["val_loss"], step)
+    board.add_scalar("val/psnr_db", row["val_psnr"], step)
+    board.add_scalar("train/epoch_loss", row["train_loss"], step)
+    board.add_scalar("train/images_per_s", row["images_per_s"], step)
+    for i, image in enumerate(images):
+        board.add_image(f"val/clip{i}_output_truth", image, step)
+    board.flush()
+
+
 def plot_losses(path: Path, history: list[dict]) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -400,6 +431,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
+    board = tensorboard_writer(out, cfg, prog.step if ckpt else None) if d.main else None
 
     def save_last():
         if d.main:
@@ -417,6 +449,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
         losses, t0, images = [], time.perf_counter(), 0
         steps_bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not d.main or None, position=1)
         for batch in steps_bar:
+            lr = opt.param_groups[0]["lr"]
             loss = train_step(model, batch, opt, scaler, cfg, device, amp_dtype)
             if not math.isfinite(loss):
                 raise BatmanError(f"training loss became {loss} at epoch {epoch + 1}, step {prog.step + 1}: stopped "
@@ -426,11 +459,15 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
             prog.step += 1
             prog.step_in_epoch += 1
             losses.append(loss)
+            if board:
+                board.add_scalar("train/loss", loss, prog.step)
+                board.add_scalar("train/lr", lr, prog.step)
             images += batch["input"].shape[0] * batch["input"].shape[1] * d.world
             steps_bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / (time.perf_counter() - t0):.1f}")
             if cfg.train.save_every and prog.step % cfg.train.save_every == 0:
                 save_last()
-        val_loss, val_psnr = validate(model, val_loader, cfg, device, amp_dtype, d)
+        val_loss, val_psnr, val_images = validate(model, val_loader, cfg, device, amp_dtype, d,
+                                                  keep_images=cfg.train.log_images if board else 0)
         prog.epoch, prog.step_in_epoch = epoch + 1, 0
         improved = val_loss < prog.best
         prog.best, prog.bad_epochs = (val_loss, 0) if improved else (prog.best, prog.bad_epochs + 1)
@@ -446,6 +483,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
                 ckpts.prune_checkpoints(out, cfg.train.keep)
             ckpts.save_checkpoint(out / ckpts.LAST, state)
             write_log(out, prog.history)
+            if board:
+                log_epoch(board, prog.history[-1], val_images, prog.step)
             epochs_bar.set_postfix(train=f"{mean_train:.4f}", val=f"{val_loss:.4f}", psnr=f"{val_psnr:.2f}")
             tqdm.write(f"epoch {epoch + 1}: train {mean_train:.4f}  val {val_loss:.4f}  PSNR {val_psnr:.2f} dB"
                        + ("  (best)" if improved else f"  ({prog.bad_epochs} without improvement)"))
@@ -455,6 +494,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
         stopped = "early stop"
         if d.main:
             tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
+    if board:
+        board.close()
     if d.enabled:
         check_ranks_agree(model, d)
         dist.destroy_process_group()
