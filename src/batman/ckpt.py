@@ -166,7 +166,8 @@ def find_run(cfg: Config, runs: str | Path = RUNS) -> Path | None:
 
 def find_default_model(runs: str | Path = RUNS) -> tuple[Path, str]:
     """The checkpoint that evaluate and export use without --model, and a line saying which and why:
-    the best epoch checkpoint of the newest run folder that has one."""
+    the best epoch checkpoint of the newest run folder that has one. (The one place that decides: shipped
+    default weights, when there are some, take their turn here.)"""
     runs = Path(runs)
     folders = run_folders(runs)
     for i, folder in enumerate(folders):

@@ -299,7 +299,7 @@ def choose_run_folder(cfg: Config, d: Dist, out: str | Path | None = None, name:
         how = "given"
     elif d.main:
         found = ckpts.find_run(cfg) if resume == "auto" else None
-        out, how = (found, "resumed: same config") if found else (
+        out, how = (found, "the newest run with the same config") if found else (
             ckpts.new_run_folder("-".join(filter(None, [label, cfg.model.name]))), "new")
     if d.enabled:
         box = [str(out) if d.main else None]
