@@ -105,7 +105,7 @@ def test_default_model_is_the_best_of_the_newest_run_not_the_best_overall(tmp_pa
     fake_run(tmp_path, "running", cfg, age_s=0)  # newest, but no checkpoint yet
     path, why = ckpt.find_default_model(tmp_path)
     assert path == newest / "epoch_2_loss_0.2000.pt"
-    assert str(path) in why and "run new" in why and "1 newer without one yet" in why
+    assert str(path) in why and "run new" in why and "1 newer without one yet" in why and "of 3 runs" in why
 
 
 def test_no_run_says_how_to_get_one(tmp_path):

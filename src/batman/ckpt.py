@@ -174,10 +174,10 @@ def find_default_model(runs: str | Path = RUNS) -> tuple[Path, str]:
         found = epoch_checkpoints(folder)
         if found:
             loss, epoch, path = found[0]
-            newer = f", {i} newer without one yet" if i else ""
+            which = (f"the newest of {len(folders)} runs in {runs}/" if not i else
+                     f"the newest with a checkpoint of {len(folders)} runs in {runs}/, {i} newer without one yet")
             return path, (f"model: {path} (best checkpoint of run {folder.name}: epoch {epoch}, validation loss "
-                          f"{loss:.4f}; the newest run with a checkpoint of {len(folders)} in {runs}/{newer}; "
-                          f"--model PATH picks another)")
+                          f"{loss:.4f}; {which}; --model PATH picks another)")
     raise BatmanError(f"no checkpoint in {runs}/: train one first (`make demo` for a small one, or "
                       f"`make dataset_path=DIR train_cpu`), or pass model=PATH / --model PATH")
 
