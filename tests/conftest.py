@@ -58,21 +58,9 @@ def build_drv(root: Path, ids=("0001", "0002"), frames: int = 3, size=(32, 48), 
 
 
 def write_png16(path: Path, rgb16) -> None:
-    """(H, W, 3) uint16 -> 16-bit RGB PNG (Pillow cannot write those)."""
-    import struct
-    import zlib
-
-    import numpy as np
-    rgb16 = np.asarray(rgb16).astype(">u2")
-    h, w, _ = rgb16.shape
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb16.reshape(h, -1).view(np.uint8)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + chunk(b"IEND", b""))
+    """(H, W, 3) uint16 -> 16-bit RGB PNG: the package's own writer."""
+    from batman.data.synth import write_png16 as package_writer
+    package_writer(path, rgb16)
 
 
 @pytest.fixture
@@ -85,5 +73,5 @@ def make_drv(tmp_path):
 
 @pytest.fixture
 def png16():
-    """write_png16(path, rgb16): a 16-bit RGB PNG writer for tests."""
+    """write_png16(path, rgb16): the package's 16-bit RGB PNG writer (uint16 values written as they are)."""
     return write_png16

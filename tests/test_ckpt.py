@@ -61,3 +61,61 @@ def test_shape_mismatch_is_named(tmp_path):
     net = torch.nn.Linear(3, 2)
     with pytest.raises(BatmanError, match="shape of weight"):
         ckpt.load_state_strict(net, {"weight": torch.zeros(5, 3), "bias": torch.zeros(2)}, tmp_path / "x.pt")
+
+
+# --- run folders and the default model ---------------------------------------------------------
+
+def fake_run(runs, name, cfg, losses=(), age_s=0.0):
+    """A run folder with config.json and empty epoch checkpoints {epoch: loss}, written `age_s` ago."""
+    import os
+    import time
+    folder = runs / name
+    folder.mkdir(parents=True)
+    cfg.save(folder / "config.json")
+    for epoch, loss in enumerate(losses, 1):
+        (folder / ckpt.checkpoint_name(epoch, loss)).write_bytes(b"x")
+    stamp = time.time() - age_s
+    for p in folder.iterdir():
+        os.utime(p, (stamp, stamp))
+    return folder
+
+
+def test_new_run_folders_are_distinct_within_one_second(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt.time, "strftime", lambda fmt: "20261201-120000")
+    a, b = ckpt.new_run_folder("cpu-clstm", tmp_path), ckpt.new_run_folder("cpu-clstm", tmp_path)
+    assert (a.name, b.name) == ("cpu-clstm-20261201-120000", "cpu-clstm-20261201-120000-2")
+    assert a.is_dir() and b.is_dir()
+
+
+def test_find_run_is_the_newest_with_an_equal_config(tmp_path):
+    cfg, other = make_config("cpu"), make_config("cpu", {"train.lr": 3e-4})
+    fake_run(tmp_path, "old", cfg, age_s=300)
+    newer = fake_run(tmp_path, "newer", cfg, age_s=100)
+    fake_run(tmp_path, "newest-other", other, age_s=0)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert ckpt.find_run(cfg, tmp_path) == newer
+    assert ckpt.find_run(make_config("demo"), tmp_path) is None
+
+
+def test_default_model_is_the_best_of_the_newest_run_not_the_best_overall(tmp_path):
+    cfg = make_config("cpu")
+    fake_run(tmp_path, "old", cfg, losses=(0.01,), age_s=300)  # the lowest loss, but another run's
+    newest = fake_run(tmp_path, "new", cfg, losses=(0.5, 0.2, 0.3), age_s=100)
+    fake_run(tmp_path, "running", cfg, age_s=0)  # newest, but no checkpoint yet
+    path, why = ckpt.find_default_model(tmp_path)
+    assert path == newest / "epoch_2_loss_0.2000.pt"
+    assert str(path) in why and "run new" in why and "1 newer without one yet" in why and "of 3 runs" in why
+
+
+def test_no_run_says_how_to_get_one(tmp_path):
+    with pytest.raises(BatmanError, match="train one first"):
+        ckpt.find_default_model(tmp_path / "runs")
+
+
+def test_resolve_model_prints_its_choice(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = fake_run(tmp_path / ckpt.RUNS, "r", make_config("cpu"), losses=(0.5,))
+    assert ckpt.resolve_model(None) == ckpt.RUNS / "r" / "epoch_1_loss_0.5000.pt"
+    assert f"model: {ckpt.RUNS / 'r' / 'epoch_1_loss_0.5000.pt'} (best checkpoint of run r" in capsys.readouterr().out
+    assert ckpt.resolve_model(run / "x.pt") == run / "x.pt"

@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from batman.config import BatmanError
 from batman.data import drv
+from batman.data.synth import write_png16
 
 
 def test_shipped_lists_are_the_official_partition(tmp_path):
@@ -73,6 +75,48 @@ def test_read_target_keeps_16_bits(make_drv):
     assert img.dtype == np.float32 and img.shape == (8, 12, 3)
     codes = img * 65535
     assert np.allclose(codes, np.rint(codes), atol=1e-2) and len(np.unique(np.rint(codes))) > 256
+
+
+def known_uint16(h: int, w: int) -> np.ndarray:
+    """Values spread over the whole 16-bit range, with 0, 1, 255, 32768, 65534 and 65535 among them."""
+    v = (np.arange(h * w * 3, dtype=np.uint64) * 2654435761 % 65536).astype(np.uint16).reshape(h, w, 3)
+    v[0, 0], v[-1, -1] = (0, 65535, 1), (65534, 32768, 255)
+    return v
+
+
+def test_png16_write_then_read_gives_the_same_values(tmp_path):
+    rng = np.random.default_rng(0)
+    for shape in [(7, 5, 3), (1, 1, 3), (33, 65, 3)]:
+        values = rng.integers(0, 65536, shape, dtype=np.uint16)
+        write_png16(tmp_path / "a.png", values)
+        back = drv.read_png(tmp_path / "a.png")
+        assert back.dtype == np.uint16 and np.array_equal(back, values)
+        assert np.array_equal(drv.read_target(tmp_path / "a.png"), values.astype(np.float32) / np.float32(65535))
+    floats = rng.random((9, 11, 3))
+    write_png16(tmp_path / "f.png", floats)
+    assert np.array_equal(drv.read_png(tmp_path / "f.png"), np.rint(floats * 65535).astype(np.uint16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "f.png"]  # atomic: no temp files left
+
+
+def test_png16_written_by_the_old_hand_made_writer_decodes_to_the_same_values():
+    """tests/data/...png: written by synth.write_png16 before it used imagecodecs (zlib, filter 0)."""
+    old = Path(__file__).parent / "data" / "png16_written_by_synth_before_imagecodecs.png"
+    assert np.array_equal(drv.read_png(old), known_uint16(7, 5))
+
+
+def test_png16_is_byte_reproducible(tmp_path):
+    write_png16(tmp_path / "a.png", known_uint16(16, 24))
+    write_png16(tmp_path / "b.png", known_uint16(16, 24))
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+@pytest.mark.parametrize("data", [b"", b"not a png at all", None])
+def test_unreadable_png_names_the_file(tmp_path, data):
+    path = tmp_path / "half0001.png"
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(BatmanError, match=f"cannot read image: {re.escape(str(path))}"):
+        drv.read_target(path)
 
 
 def test_rawrgb_mode(make_drv):

@@ -11,6 +11,7 @@ import pytest
 from batman.cli import main
 from batman.config import BatmanError
 from batman.data import isp
+from batman.data.drv import read_png
 from batman.data.raw import bin2x2, pack_bayer, read_raw, write_dng
 from batman.data.synth import split_ids, synthesize
 
@@ -21,14 +22,10 @@ STATIC = [f"{i:04d}" for i in range(1, 7)]
 # --- helpers ------------------------------------------------------------------------------------
 
 def read_png16(path: Path) -> np.ndarray:
-    """16-bit PNG -> (H, W, 3) uint16 through libpng (torchvision; Pillow would truncate it to 8 bits)."""
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points to torchcodec
-        from torchvision.io import ImageReadMode, decode_png, read_file
-        image = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
-    assert image.dtype.itemsize == 2, f"{path} is not a 16-bit PNG"
-    return image.permute(1, 2, 0).numpy().astype(np.uint16)
+    """16-bit PNG -> (H, W, 3) uint16 through the package's reader."""
+    image = read_png(path)
+    assert image.dtype == np.uint16, f"{path} is not a 16-bit PNG"
+    return image
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

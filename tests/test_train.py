@@ -13,7 +13,7 @@ import torch
 
 from batman import ckpt
 from batman.config import BatmanError, make_config
-from batman.train import train
+from batman.train import lr_factor, train
 
 TINY = {  # a ResNet-18 on 32x32 crops of 4 frames: seconds per epoch on two cores
     "data.crop": (32, 32), "data.frames": 4, "data.clips_per_video": 2, "model.hidden": 16, "model.fusion": 16,
@@ -60,6 +60,55 @@ def test_non_finite_loss_stops_clearly_without_saving(syn, tmp_path):
     with pytest.raises(BatmanError, match="training loss became (nan|inf)"):
         train(tiny_cfg(syn, **{"train.lr": 1e30, "train.epochs": 3}), out=tmp_path)
     assert not list(tmp_path.glob("epoch_*.pt"))
+
+
+def test_lr_schedules():
+    assert [lr_factor(s, "const", 0, 100) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, "const", 4, 100) for s in (0, 1, 3, 4, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(s, "cosine", 10, 110) for s in range(110)]
+    assert cosine[:10] == [pytest.approx((s + 1) / 10) for s in range(10)]
+    assert cosine[10] == 1.0 and cosine[60] == pytest.approx(0.5) and cosine[-1] < 1e-3
+    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))
+    with pytest.raises(BatmanError, match="train.schedule must be const or cosine, not 'linear'"):
+        lr_factor(0, "linear", 0, 10)
+
+
+def test_cosine_schedule_in_training_and_the_default_stays_constant(syn, tmp_path):
+    quick = {"train.epochs": 2, "train.steps_per_epoch": 4, "train.patience": 5}
+    lrs = [h["lr"] for h in train(tiny_cfg(syn, **quick, **{"train.schedule": "cosine"}), out=tmp_path / "cos")["history"]]
+    assert lrs == [pytest.approx(1e-3 * lr_factor(s, "cosine", 0, 8)) for s in (4, 8)]  # the next step's lr
+    assert make_config("demo").train.schedule == "const" and make_config("demo").train.warmup_steps == 0
+
+
+def tensorboard_events(folder: Path) -> dict:
+    """{tag: [(step, value)]} of the scalars and {tag: count} of the images TensorBoard logged in a folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {"scalars": scalars, "images": {tag: len(events.Images(tag)) for tag in events.Tags()["images"]}}
+
+
+def test_tensorboard_logs_loss_lr_validation_and_images(syn, tmp_path):
+    pytest.importorskip("tensorboard")
+    quick = {"train.epochs": 2, "train.steps_per_epoch": 3, "train.patience": 5, "train.schedule": "cosine"}
+    result = train(tiny_cfg(syn, **quick), out=tmp_path)
+    logged = tensorboard_events(tmp_path / "tensorboard")
+    scalars = logged["scalars"]
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 7))
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([1e-3 * lr_factor(s, "cosine", 0, 6) for s in range(6)])
+    assert [v for _, v in scalars["val/loss"]] == pytest.approx([h["val_loss"] for h in result["history"]])
+    assert [s for s, _ in scalars["val/psnr_db"]] == [3, 6]
+    assert logged["images"]["val/clip0_output_truth"] == 2  # one per epoch (this set has one validation video)
+    assert (tmp_path / "log.csv").is_file() and (tmp_path / "loss.png").is_file()
+
+
+def test_without_tensorboard_training_logs_csv_and_plot_only(syn, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were missing
+    train(tiny_cfg(syn, **{"train.epochs": 1, "train.steps_per_epoch": 2}), out=tmp_path)
+    assert not (tmp_path / "tensorboard").exists()
+    assert (tmp_path / "log.csv").is_file() and (tmp_path / "loss.png").is_file()
+    assert "TensorBoard logging off" in capsys.readouterr().out
 
 
 def run_train_subprocess(root, out, overrides, env_extra=None) -> subprocess.Popen:
@@ -110,15 +159,33 @@ def test_resume_refuses_another_model(syn, tmp_path):
         train(tiny_cfg(syn, **{"train.epochs": 2, "model.name": "unet"}), out=tmp_path, resume="auto")
 
 
+def test_each_run_has_its_own_folder_and_resume_auto_finds_the_same_config(syn, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    quick = {"train.epochs": 1, "train.steps_per_epoch": 2}
+    first = train(tiny_cfg(syn, **quick), resume="auto", label="demo")["out"]
+    other = train(tiny_cfg(syn, **quick, **{"train.lr": 5e-4}), resume="auto", label="demo")["out"]
+    assert first != other and first.parent == other.parent == ckpt.RUNS
+    assert first.name.startswith("demo-clstm-") and ckpt.best_checkpoint(other).parent == other
+    capsys.readouterr()
+    again = train(tiny_cfg(syn, **quick), resume="auto", label="demo")
+    assert again["out"] == first and again["epochs"] == 1
+    assert f"resumed from {first / ckpt.LAST}" in capsys.readouterr().out
+    with pytest.raises(BatmanError, match="already holds a training run.*--resume auto"):
+        train(tiny_cfg(syn, **quick), out=first)
+
+
 def test_torchrun_two_ranks_agree_and_write_once(syn, tmp_path):
+    """No --out: rank 0 names the timestamped run folder and tells the other rank, so there is one."""
     torchrun = Path(sys.executable).with_name("torchrun")
-    out = tmp_path / "ddp"
     sets = [f"{k}={v!r}" for k, v in {**TINY, "train.epochs": 2, "train.threads": 1}.items()]
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "batman", "train",
-                           "--root", str(syn), "--preset", "demo", "--out", str(out), "--set", *sets],
-                          capture_output=True, text=True, timeout=400)
+                           "--root", str(syn), "--preset", "demo", "--set", *sets],
+                          capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = list((tmp_path / ckpt.RUNS).iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("demo-clstm-"), runs
+    out = runs[0]
     assert "weights identical on all 2 ranks" in proc.stderr + proc.stdout
     assert len(list(out.glob("epoch_*.pt"))) <= 2 and (out / "log.csv").read_text().count("\n") == 3
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("epoch_")) == \
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("epoch_", "tensorboard"))) == \
         ["config.json", "last.pt", "log.csv", "loss.png"]

@@ -350,7 +350,7 @@ def _run_worker(job: dict) -> dict:
 
 
 def bench_export(out: Path | None = None, quick: bool = False, lengths: tuple[int, ...] | None = None,
-                 size: tuple[int, int] | None = None, reps: int | None = None) -> dict:
+                 size: tuple[int, int] | None = None, reps: int | None = None, device: str | None = None) -> dict:
     """Streaming export of a freshly initialised clstm on a synthetic static video, T frames per process.
 
     Every (kind, T) runs in its own process, which reports its peak RSS (ru_maxrss) and frames/s;
@@ -364,7 +364,7 @@ def bench_export(out: Path | None = None, quick: bool = False, lengths: tuple[in
     lengths = lengths or ((4, 8, 16) if quick else (8, 32, 128))
     size = size or ((256, 384) if quick else (512, 768))  # Bayer mosaic; the model's input is a quarter per side
     reps = reps or (1 if quick else 3)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     grid = (size[0] // 4, size[1] // 4)
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="batman-bench-export-") as tmp:
@@ -626,7 +626,7 @@ QUALITY_TRAIN = {"train.steps_per_epoch": 20, "train.epochs": 6, "train.lr": 1e-
 QUALITY_MODELS = ("clstm", "conv3d", "unet")
 
 
-def bench_quality(out: Path, quick: bool = False) -> dict:
+def bench_quality(out: Path, quick: bool = False, device: str | None = None) -> dict:
     """Train clstm, conv3d and unet alike (cpu preset, QUALITY_TRAIN) on a synthetic set of its own seed and
     evaluate each on its test split and its dynamic videos against the traditional pipeline and the
     temporal mean. Writes quality.json, quality.md and quality.png (crops side by side)."""
@@ -649,7 +649,7 @@ def bench_quality(out: Path, quick: bool = False) -> dict:
             shutil.rmtree(run)  # stale checkpoints of an earlier run would be picked as the best
         cfg = make_config("cpu", {"data.root": str(data), "model.name": name, **train_spec})
         start = time.perf_counter()
-        summary = train(cfg, out=run)
+        summary = train(cfg, out=run, device=device)
         best = min(summary["history"], key=lambda h: h["val_loss"])  # the checkpoint evaluated below
         training[name] = {"time_s": time.perf_counter() - start, "best_val_loss": summary["best"],
                           "epochs": summary["epochs"], "steps": summary["history"][-1]["step"],
@@ -758,8 +758,17 @@ def quality_figure(root: Path, checkpoints: dict, path: Path, crop: int = 128) -
 PARTS = ("infer", "export", "data", "memory", "quality")
 
 
-def run_bench(what: str, out: str | Path = "result/bench", preset: str = "", quick: bool = False) -> dict:
-    """`batman bench WHAT`: one part, or all of them (then OUT/bench.md holds every table)."""
+def run_bench(what: str, out: str | Path = "result/bench", preset: str = "", quick: bool = False,
+              device: str | None = None) -> dict:
+    """`batman bench WHAT`: one part, or all of them (then OUT/bench.md holds every table).
+
+    `device` (cpu, cuda, cuda:N; None or auto: inference on the CPU and CUDA when there is one, the rest
+    on CUDA when available) is where the parts run; bench data reads on the CPU whatever it is."""
+    from batman.ckpt import resolve_device
+
+    chosen = None if device in (None, "auto") else resolve_device(device)
+    if chosen is not None and chosen.type == "cuda":
+        torch.cuda.set_device(chosen.index or 0)  # the parts' plain "cuda" now means this device
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if what not in PARTS + ("all",):
@@ -773,11 +782,15 @@ def run_bench(what: str, out: str | Path = "result/bench", preset: str = "", qui
     for part in parts:
         t0, c0 = time.perf_counter(), cpu_seconds()
         if part == "memory":
-            results[part] = bench_memory(out, preset=preset, quick=quick)
+            results[part] = bench_memory(out, preset=preset, quick=quick, device=chosen and chosen.type)
         elif part == "quality":
-            results[part] = bench_quality(out, quick=quick)
+            results[part] = bench_quality(out, quick=quick, device=chosen and str(chosen))
+        elif part == "infer":
+            results[part] = bench_infer(out, quick=quick, devices=chosen and (str(chosen),))
+        elif part == "export":
+            results[part] = bench_export(out, quick=quick, device=chosen and str(chosen))
         else:
-            results[part] = {"infer": bench_infer, "export": bench_export, "data": bench_data}[part](out, quick=quick)
+            results[part] = bench_data(out, quick=quick)
         times[part], cpu[part] = time.perf_counter() - t0, cpu_seconds() - c0
         print(f"[bench {part}: {times[part]:.0f} s wall, {cpu[part]:.0f} s of CPU time]\n", flush=True)
     if what == "all":

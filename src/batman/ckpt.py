@@ -1,14 +1,21 @@
-"""Checkpoints: atomic save, safe load (weights_only), naming, the best ones kept, compatibility checks.
+"""Checkpoints: atomic save, safe load (weights_only), naming, the best ones kept, compatibility checks,
+run folders and the default model.
 
 A checkpoint is a plain dict of tensors and built-in values so that `torch.load(weights_only=True)`
 reads it: model, optimiser, scaler and scheduler states, epoch, step, early-stop counters, RNG
 states, the resolved config as JSON and the git commit of the code that wrote it.
+
+Every training run has a folder of its own, `runs/<preset>-<model>-<YYYYmmdd-HHMMSS>/` by default:
+its `config.json`, `last.pt`, best epoch checkpoints and logs. Nothing compares checkpoints across
+runs: the best checkpoint is always the best of one run.
 """
 from __future__ import annotations
 
 import io
 import re
 import subprocess
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +26,7 @@ from batman.files import atomic_write_bytes
 LAST = "last.pt"
 SHIPPED = Path(__file__).resolve().parents[2] / "trained_model" / "batman_default.safetensors"
 WEIGHTS_FORMAT = "batman-weights-1"
+RUNS = Path("runs")  # where `batman train` puts run folders unless given --out
 _EPOCH_RE = re.compile(r"^epoch_(\d+)_loss_(\d+(?:\.\d+)?)\.pt$")
 
 
@@ -102,13 +110,99 @@ def epoch_checkpoints(folder: str | Path) -> list[tuple[float, int, Path]]:
     return sorted(found)
 
 
-def best_checkpoint(folder: str | Path = "trained_model") -> Path:
-    """The epoch checkpoint with the lowest validation loss; a clear error when there is none."""
+def best_checkpoint(folder: str | Path) -> Path:
+    """The epoch checkpoint with the lowest validation loss in one run folder; a clear error when there is none."""
     found = epoch_checkpoints(folder)
     if not found:
         raise BatmanError(f"no checkpoint in {folder}/: train one first (`make demo` for a small one, or "
                           f"`make dataset_path=DIR train_cpu`), or pass model=PATH / --model PATH")
     return found[0][2]
+
+
+def holds_run(folder: str | Path) -> bool:
+    """Whether a folder already holds a training run's checkpoints."""
+    folder = Path(folder)
+    return (folder / LAST).exists() or bool(epoch_checkpoints(folder))
+
+
+# --- run folders ----------------------------------------------------------------------------
+
+def new_run_folder(label: str, runs: str | Path = RUNS) -> Path:
+    """Make and return runs/<label>-<YYYYmmdd-HHMMSS> (-2, -3, ... when another run took that second)."""
+    runs = Path(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        folder = runs / (f"{label}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise BatmanError(f"cannot make a new run folder {runs / label}-{stamp}: 999 already exist")
+
+
+def _last_written(folder: Path) -> float:
+    """When a run last wrote its config or a checkpoint (a resumed old run counts as recent)."""
+    files = [folder / "config.json", *folder.glob("*.pt")]
+    return max((p.stat().st_mtime for p in files if p.is_file()), default=0.0)
+
+
+def run_folders(runs: str | Path = RUNS) -> list[Path]:
+    """The run folders under `runs` (those with a config.json), the most recently written first."""
+    runs = Path(runs)
+    found = [p for p in runs.iterdir() if (p / "config.json").is_file()] if runs.is_dir() else []
+    return sorted(found, key=lambda p: (_last_written(p), p.name), reverse=True)
+
+
+def find_run(cfg: Config, runs: str | Path = RUNS) -> Path | None:
+    """The newest run folder whose saved config equals `cfg` (same preset, model and overrides), or None."""
+    for folder in run_folders(runs):
+        try:
+            saved = Config.from_json((folder / "config.json").read_text())
+        except (OSError, ValueError, BatmanError):  # unreadable, or written by an incompatible version
+            continue
+        if same_run_config(saved, cfg):
+            return folder
+    return None
+
+
+def same_run_config(saved: Config, cfg: Config) -> bool:
+    """Equal configs, except that the level train measures itself (data.exposure_level) when the command
+    line left it at 0 is not a difference."""
+    if cfg.data.exposure_level == 0:
+        saved = replace(saved, data=replace(saved.data, exposure_level=0.0))
+    return saved == cfg
+
+
+def find_default_model(runs: str | Path = RUNS) -> tuple[Path, str]:
+    """The checkpoint that evaluate and export use without --model, and a line saying which and why:
+    the best epoch checkpoint of the newest run folder that has one (a user who trained expects their own
+    model), else the shipped default weights in trained_model/."""
+    runs = Path(runs)
+    folders = run_folders(runs)
+    for i, folder in enumerate(folders):
+        found = epoch_checkpoints(folder)
+        if found:
+            loss, epoch, path = found[0]
+            which = (f"the newest of {len(folders)} runs in {runs}/" if not i else
+                     f"the newest with a checkpoint of {len(folders)} runs in {runs}/, {i} newer without one yet")
+            return path, (f"model: {path} (best checkpoint of run {folder.name}: epoch {epoch}, validation loss "
+                          f"{loss:.4f}; {which}; --model PATH picks another)")
+    if SHIPPED.is_file():
+        return SHIPPED, (f"model: {SHIPPED} (the shipped default weights, see docs/MODEL_CARD.md; no run in "
+                         f"{runs}/ has a checkpoint; --model PATH picks another)")
+    raise BatmanError(f"no checkpoint in {runs}/ and no shipped weights at {SHIPPED}: train one first (`make demo` "
+                      f"for a small one, `make pretrain` reproduces the shipped ones), or pass --model PATH")
+
+
+def resolve_model(path: str | Path | None) -> Path:
+    """`path`, or without one the default model (find_default_model), printing which was chosen."""
+    if path:
+        return Path(path)
+    path, description = find_default_model()
+    print(description, flush=True)
+    return path
 
 
 def prune_checkpoints(folder: str | Path, keep: int) -> None:
@@ -117,16 +211,34 @@ def prune_checkpoints(folder: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def load_model(path: str | Path | None, device: str | torch.device = "cpu", folder: str | Path | None = None):
-    """Build the model a checkpoint (.pt) or released weights (.safetensors) describe and load its weights:
-    (model in eval mode, config). No path: the best checkpoint in `folder` when given, else the shipped
-    default weights."""
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """cpu, cuda or cuda:N (None or 'auto': CUDA when available, else the CPU); a device this machine
+    does not have is a BatmanError."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise BatmanError(f"unknown device {str(name)!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BatmanError(f"device {name}: CUDA is not available on this machine (torch {torch.__version__}); "
+                              f"use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise BatmanError(f"device {name}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                              f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+    return device
+
+
+def load_model(path: str | Path | None, device: str | torch.device = "cpu"):
+    """Build the model a checkpoint (.pt) or released weights (.safetensors) describe (None: the default
+    model) and load its weights: (model in eval mode, config)."""
     from batman.model.net import model_for
 
-    if path is None:
-        path = best_checkpoint(folder) if folder is not None else shipped_weights()
-        print(f"model: {path}")
-    path = Path(path)
+    path = resolve_model(path)
     if path.suffix == ".safetensors":
         state, cfg = load_weights(path)
     else:
@@ -146,14 +258,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def shipped_weights() -> Path:
-    """The default weights in trained_model/, or a clear error telling how to get some."""
-    if not SHIPPED.is_file():
-        raise BatmanError(f"no shipped weights at {SHIPPED} and no --model given: pass --model PATH, or "
-                          f"reproduce them with `make pretrain photos=DIR`")
-    return SHIPPED
 
 
 def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None) -> Path:

@@ -2,6 +2,7 @@
 
 Heavy modules (torch, rawpy) are imported inside the handlers so that `--help` is instant.
 A BatmanError prints one line and exits with code 2; `--debug` shows the traceback.
+Every flag has a help text, and `--help` shows its default.
 """
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ import json
 import sys
 from pathlib import Path
 
+from batman import __version__
 from batman.config import BatmanError, PRESETS, make_config, parse_set
+
+DEVICE_HELP = "cpu, cuda or cuda:N (auto: CUDA when available, else the CPU)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's default to its help, except None: such a flag's help says what happens then."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -21,11 +32,18 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _config(args):
+def _run_name(text: str) -> str:
+    if not text or "/" in text or "\\" in text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"a run name is one folder name such as titan-lr3e-4, got {text!r}")
+    return text
+
+
+def _config(args, preset: str = ""):
+    """--config FILE, then the preset, then --set (and --root as data.root unless --set gives one)."""
     overrides = parse_set(getattr(args, "set", None) or [])
     if getattr(args, "root", None):
         overrides.setdefault("data.root", str(args.root))
-    return make_config(getattr(args, "preset", "") or "", overrides)
+    return make_config(preset or getattr(args, "preset", "") or "", overrides, file=getattr(args, "config", None))
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -63,17 +81,23 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def train_config(args):
+    """(config, preset) of `batman train`: --config FILE, then --preset (cpu unless a file is given), then --set."""
+    preset = args.preset if args.preset is not None else ("" if args.config else "cpu")
+    return _config(args, preset), preset
+
+
 def cmd_train(args) -> int:
-    cfg = _config(args)
+    cfg, preset = train_config(args)
     from batman.train import train
-    train(cfg, out=args.out, resume=args.resume)
+    train(cfg, out=args.out, resume=args.resume, device=args.device, name=args.name, label=preset)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from batman.evaluate import evaluate
     evaluate(args.root, model=args.model, split=args.split, frames=args.frames, out=args.out,
-             baselines=args.compare, videos=args.videos)
+             baselines=args.compare, videos=args.videos, device=args.device)
     return 0
 
 
@@ -81,7 +105,7 @@ def cmd_export(args) -> int:
     from batman.export import export
     export(root=args.root, input_folder=args.input, model=args.model, out=args.out, split=args.split,
            videos=args.videos, tile=args.tile, overlap=args.overlap, side_by_side=args.side_by_side,
-           fps=args.fps, frames=args.frames, gain=args.gain)
+           fps=args.fps, frames=args.frames, device=args.device, gain=args.gain)
     return 0
 
 
@@ -108,39 +132,43 @@ def cmd_models(args) -> int:
 
 def cmd_bench(args) -> int:
     from batman.bench import run_bench
-    run_bench(args.what, out=args.out, preset=args.preset, quick=args.quick)
+    run_bench(args.what, out=args.out, preset=args.preset or "", quick=args.quick, device=args.device)
     return 0
 
 
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="batman", description="See motion in the dark: low-light RAW video "
-                                "to clean sRGB video (DRV / Seeing Motion in the Dark).")
+    p = argparse.ArgumentParser(prog="batman", formatter_class=HelpFormatter,
+                                description="See motion in the dark: low-light RAW video to clean sRGB video "
+                                "(DRV / Seeing Motion in the Dark).")
+    p.add_argument("--version", action="version", version=f"batman {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_):
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         sp.set_defaults(func=func)
         return sp
 
-    def add_config_args(sp, preset_default=""):
-        sp.add_argument("--preset", default=preset_default, choices=sorted(PRESETS),
-                        help="named settings sized to the hardware")
+    def add_config_args(sp, preset_help="named settings sized to the hardware (default: none)"):
+        sp.add_argument("--preset", default=None, choices=sorted(PRESETS), help=preset_help)
         sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. model.hidden=96 train.lr=3e-4")
 
+    def add_device_arg(sp):
+        sp.add_argument("--device", default="auto", help=DEVICE_HELP)
+
     sp = add("inspect", cmd_inspect, "print the Bayer pattern, levels, size and exposure of raw files")
-    sp.add_argument("files", nargs="+", type=Path)
+    sp.add_argument("files", nargs="+", type=Path, help="raw files (ARW, DNG, any LibRaw reads)")
     sp.add_argument("--json", action="store_true", help="one JSON object per file")
 
     sp = add("synth", cmd_synth, "write a synthetic dark raw video data set in the DRV layout")
-    sp.add_argument("--out", required=True, type=Path)
+    sp.add_argument("--out", required=True, type=Path, help="data set folder to write")
     sp.add_argument("--videos", type=int, default=6, help="static videos")
-    sp.add_argument("--frames", type=int, default=16)
+    sp.add_argument("--frames", type=int, default=16, help="frames per video")
     sp.add_argument("--size", type=_size, default=(512, 768), help="Bayer mosaic HxW (ground truth: H/4 x W/4)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     sp.add_argument("--images", type=Path, nargs="+", default=None,
                     help="folders of clean photos (default: skimage's)")
     sp.add_argument("--exclude", nargs="*", default=[], metavar="PATTERN",
@@ -155,63 +183,79 @@ def build_parser() -> argparse.ArgumentParser:
                     help="darkening ratio range (the gain the model must undo)")
 
     sp = add("download", cmd_download, "download and extract DRV (resumable, verified, safe)")
-    sp.add_argument("--root", required=True, type=Path)
+    sp.add_argument("--root", required=True, type=Path, help="data set folder to download into")
     sp.add_argument("--parts", default="raw", help="raw | preprocessed | all | comma list (long,short1,...)")
-    sp.add_argument("--url-base", default="https://storage.googleapis.com/isl-datasets/DRV")
+    sp.add_argument("--url-base", default="https://storage.googleapis.com/isl-datasets/DRV",
+                    help="where the zips are (a mirror)")
     sp.add_argument("--keep-zips", action="store_true", help="keep the archives after extraction")
 
     sp = add("prepare", cmd_prepare, "decode every raw frame once into a memory-mapped cache")
-    sp.add_argument("--root", required=True, type=Path)
+    sp.add_argument("--root", required=True, type=Path, help="data set in the DRV layout")
     sp.add_argument("--cache", type=Path, default=None, help="cache folder (default: ROOT/cache)")
     sp.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
     sp.add_argument("--skip-bad", action="store_true", help="list corrupt frames and leave them out")
 
-    sp = add("train", cmd_train, "train a model (resumable; torchrun for several GPUs)")
-    sp.add_argument("--root", required=True, type=Path)
-    add_config_args(sp, "cpu")
-    sp.add_argument("--resume", default=None, help="PATH to a checkpoint, or 'auto' for OUT/last.pt")
-    sp.add_argument("--out", type=Path, default=Path("trained_model"))
+    sp = add("train", cmd_train, "train a model into a run folder (resumable; torchrun for several GPUs)")
+    sp.add_argument("--root", type=Path, default=None,
+                    help="data set in the DRV layout (default: data.root of --config; required without one)")
+    sp.add_argument("--config", type=Path, default=None, metavar="FILE",
+                    help="start from a config file (JSON, or YAML with PyYAML), e.g. a run's config.json to "
+                    "relaunch it; --preset and --set apply on top")
+    add_config_args(sp, "named settings sized to the hardware (default: cpu; none with --config)")
+    sp.add_argument("--resume", default=None, help="PATH to a checkpoint, or 'auto': the newest run with the same "
+                    "config (OUT/last.pt with --out or --name) (default: start a new run)")
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help="run folder (default: runs/<preset>-<model>-<YYYYmmdd-HHMMSS>/)")
+    where.add_argument("--name", type=_run_name, default=None, help="run folder runs/NAME instead of a timestamp")
+    add_device_arg(sp)
 
     sp = add("evaluate", cmd_evaluate, "PSNR/SSIM/MABD of a checkpoint and the baselines")
-    sp.add_argument("--root", required=True, type=Path)
-    sp.add_argument("--model", type=Path, default=None, help="checkpoint (default: best in trained_model/)")
+    sp.add_argument("--root", required=True, type=Path, help="data set in the DRV layout")
+    sp.add_argument("--model", type=Path, default=None,
+                    help="checkpoint (default: the best of the newest run in runs/, else the shipped weights; printed)")
     sp.add_argument("--compare", type=Path, nargs="*", default=[], help="other checkpoints in the table")
-    sp.add_argument("--split", default="test")
-    sp.add_argument("--videos", nargs="*", default=None, help="only these video ids")
+    sp.add_argument("--split", default="test", help="train | val | test | dynamic")
+    sp.add_argument("--videos", nargs="*", default=None, help="only these video ids (default: all)")
     sp.add_argument("--frames", type=int, default=0, help="frames per video (0: all)")
-    sp.add_argument("--out", type=Path, default=Path("result"))
+    sp.add_argument("--out", type=Path, default=Path("result"), help="folder for metrics.{json,csv,md,png}")
+    add_device_arg(sp)
 
     sp = add("export", cmd_export, "enhance videos frame by frame into mp4 and PNG frames")
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--root", type=Path, help="a data set in the DRV layout")
     src.add_argument("--input", type=Path, help="a folder of raw frames (not a data set)")
-    sp.add_argument("--model", type=Path, default=None, help="checkpoint (default: best in trained_model/)")
-    sp.add_argument("--out", type=Path, default=Path("result"))
-    sp.add_argument("--split", default="test")
-    sp.add_argument("--videos", nargs="*", default=None, help="only these video ids")
+    sp.add_argument("--model", type=Path, default=None,
+                    help="checkpoint (default: the best of the newest run in runs/, else the shipped weights; printed)")
+    sp.add_argument("--out", type=Path, default=Path("result"), help="folder for video/ and frames/")
+    sp.add_argument("--split", default="test", help="train | val | test | dynamic")
+    sp.add_argument("--videos", nargs="*", default=None, help="only these video ids (default: all)")
     sp.add_argument("--frames", type=int, default=0, help="frames per video (0: all)")
     sp.add_argument("--tile", type=int, default=0, help="tile size on the input grid (0: whole frame)")
-    sp.add_argument("--overlap", type=int, default=32)
+    sp.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (blended)")
     sp.add_argument("--side-by-side", action="store_true", help="also write input | output | truth videos")
-    sp.add_argument("--fps", type=float, default=20.0)
+    sp.add_argument("--fps", type=float, default=20.0, help="frame rate of the mp4")
     sp.add_argument("--gain", type=float, default=None,
                     help="with --input: amplify every frame by G (default: chosen from the burst's brightness)")
+    add_device_arg(sp)
 
     sp = add("release", cmd_release, "write a checkpoint's weights as float16 safetensors + config + sha256")
     sp.add_argument("checkpoint", type=Path, help="a checkpoint, or a run folder (its best checkpoint)")
-    sp.add_argument("--out", type=Path, default=Path("trained_model/batman_default.safetensors"))
+    sp.add_argument("--out", type=Path, default=Path("trained_model/batman_default.safetensors"),
+                    help="the weights file (a .json sidecar goes beside it)")
 
     sp = add("demo", cmd_demo, "synthesise data, train, evaluate and export, no data set needed")
-    sp.add_argument("--out", type=Path, default=Path("result/demo"))
+    sp.add_argument("--out", type=Path, default=Path("result/demo"), help="folder for data, runs and results")
 
     sp = add("models", cmd_models, "list the model variants with their parameter counts")
     add_config_args(sp)
 
     sp = add("bench", cmd_bench, "benchmarks that print ratios measured side by side")
-    sp.add_argument("what", choices=["infer", "export", "data", "memory", "quality", "all"])
-    sp.add_argument("--preset", default="", help="bench memory: one preset (default: titan, 1080ti, 1080)")
-    sp.add_argument("--out", type=Path, default=Path("result/bench"))
+    sp.add_argument("what", choices=["infer", "export", "data", "memory", "quality", "all"], help="which benchmark")
+    sp.add_argument("--preset", default=None, help="bench memory: one preset (default: titan, 1080ti, 1080)")
+    sp.add_argument("--out", type=Path, default=Path("result/bench"), help="folder for the tables and figures")
     sp.add_argument("--quick", action="store_true", help="smaller sizes, for tests")
+    sp.add_argument("--device", default="auto", help=DEVICE_HELP + "; auto benchmarks inference on both")
     return p
 
 

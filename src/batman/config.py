@@ -1,12 +1,14 @@
 """Configuration: frozen dataclasses, named presets, `--set section.key=value` overrides, JSON.
 
 Every knob of data, model and training lives here; nothing else hides a default.
-The resolved config is saved next to every run and inside every checkpoint.
+The resolved config is saved next to every run and inside every checkpoint; `--config FILE`
+(JSON, or YAML with PyYAML) starts from such a file, so a saved `config.json` relaunches its run.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -71,6 +73,8 @@ class ModelCfg:
 @dataclass(frozen=True)
 class TrainCfg:
     lr: float = 1e-4
+    schedule: str = "const"   # const | cosine: half a cosine from lr down to 0 over all epochs' steps
+    warmup_steps: int = 0     # linear warm-up of the lr over the first N optimiser steps (either schedule)
     weight_decay: float = 1e-4
     batch: int = 2
     epochs: int = 100
@@ -88,6 +92,8 @@ class TrainCfg:
     threads: int = 0          # torch CPU threads (0: torch's default)
     max_minutes: float = 0.0  # stop after the epoch that takes the run's training time (resumes included)
                               # past this budget (0: no limit)
+    tensorboard: bool = True  # log to <run>/tensorboard when the tensorboard package is installed (else off)
+    log_images: int = 2       # validation clips shown in TensorBoard each epoch (last frame: output | truth)
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,27 @@ def _coerce(value, current, key: str):
     return value
 
 
+def config_keys(cfg: Config | None = None) -> list[str]:
+    """Every dotted key a config accepts: 'data.root', ..., 'seed'."""
+    cfg = cfg or Config()
+    keys = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        keys += [f"{f.name}.{g.name}" for g in fields(value)] if dataclasses.is_dataclass(value) else [f.name]
+    return keys
+
+
+def _unknown_key(key: str, cfg: Config) -> BatmanError:
+    """The one-line error for an unknown key, naming the nearest known one (a typo, or a missing section)."""
+    keys = config_keys(cfg)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+    if not close:  # 'lr' or 'trian.lr': match the last part against the field names
+        by_name = {k.rpartition(".")[2]: k for k in keys}
+        names = difflib.get_close_matches(key.rpartition(".")[2], list(by_name), n=1, cutoff=0.8)
+        close = [by_name[n] for n in names]
+    return BatmanError(f"unknown config key: {key}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
     """Return cfg with dotted keys ('model.hidden', 'seed') replaced; an unknown key is an error."""
     sections = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
@@ -178,12 +205,12 @@ def apply_overrides(cfg: Config, overrides: dict) -> Config:
         section, _, name = key.partition(".")
         if not name:
             if section not in sections or dataclasses.is_dataclass(sections[section]):
-                raise BatmanError(f"unknown config key: {key}")
+                raise _unknown_key(key, cfg)
             top[section] = _coerce(value, sections[section], key)
             continue
         sub = sections.get(section)
         if sub is None or not dataclasses.is_dataclass(sub) or name not in {f.name for f in fields(sub)}:
-            raise BatmanError(f"unknown config key: {key}")
+            raise _unknown_key(key, cfg)
         changes.setdefault(section, {})[name] = _coerce(value, getattr(sub, name), key)
     for section, kv in changes.items():
         top[section] = replace(sections[section], **kv)
@@ -204,9 +231,43 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def make_config(preset: str = "", overrides: dict | None = None) -> Config:
-    """The default config, then a preset, then explicit overrides."""
+def read_config_file(path: str | Path) -> dict:
+    """A config file as a (possibly partial, nested) dict: JSON, or YAML (.yaml/.yml) when PyYAML is installed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise BatmanError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise BatmanError(f"config file {path} is YAML, which needs PyYAML: pip install pyyaml "
+                              f"(or pass the run's config.json)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise BatmanError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BatmanError(f"config file {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise BatmanError(f"config file {path} must hold a mapping of sections (data, model, train), "
+                          f"not {type(data).__name__}")
+    return data
+
+
+def make_config(preset: str = "", overrides: dict | None = None, file: str | Path | None = None) -> Config:
+    """The default config, then a config file, then a preset, then explicit overrides."""
     cfg = Config()
+    if file:
+        try:
+            cfg = apply_overrides(cfg, _flatten(read_config_file(file)))
+        except BatmanError as e:
+            message = str(e)
+            raise BatmanError(message if str(file) in message else f"{file}: {message}") from None
     if preset:
         if preset not in PRESETS:
             raise BatmanError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -112,14 +112,14 @@ def method_name(path: Path, taken: set) -> str:
 
 def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result", baselines=(), videos=None,
              device: str | None = None, with_ssim: bool = True) -> dict:
-    """Evaluate checkpoint `model` (default: best in trained_model/) and `baselines` on a split."""
-    from batman.ckpt import load_model, shipped_weights
+    """Evaluate checkpoint `model` (default: ckpt.find_default_model) and `baselines` on a split."""
+    from batman.ckpt import load_model, resolve_device, resolve_model
     from batman.data.cache import find_cache
     from batman.data.drv import load_split
     from batman.export import Enhancer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    paths = [Path(model) if model else shipped_weights()] + [Path(p) for p in baselines]
+    device = resolve_device(device)
+    paths = [resolve_model(model)] + [Path(p) for p in baselines]
     enhancers, cfg = {}, None
     for path in paths:
         net, net_cfg = load_model(path, device)

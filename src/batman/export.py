@@ -219,11 +219,11 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
            tile: int = 0, overlap: int = 32, side_by_side: bool = False, fps: float = 20.0, frames: int = 0,
            device: str | None = None, gain: float | None = None) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths."""
-    from batman.ckpt import load_model
+    from batman.ckpt import load_model, resolve_device
     from batman.data.cache import find_cache
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net, cfg = load_model(model, device)
+    device = resolve_device(device)
+    net, cfg = load_model(model, device)  # model None: the default model, printed
     out = Path(out)
     written = []
     cache = find_cache(root, cfg.data.cache or None) if root else None

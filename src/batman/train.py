@@ -46,22 +46,26 @@ class Dist:
         return self.world > 1
 
 
-def setup_distributed() -> Dist:
+def setup_distributed(device: torch.device) -> Dist:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on CUDA, gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def pick_device(d: Dist) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
+def pick_device(d: Dist, device: torch.device) -> torch.device:
+    """The device this rank trains on: under torchrun, `cuda` means cuda:LOCAL_RANK."""
+    if device.type != "cuda":
+        return device
+    if d.enabled:
+        if device.index is not None:
+            raise BatmanError(f"--device {device} with torchrun: each rank takes cuda:LOCAL_RANK; pass --device cuda")
+        device = torch.device("cuda", d.local_rank)
+    torch.cuda.set_device(device.index or 0)
+    return torch.device("cuda", device.index or 0)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -137,6 +141,19 @@ def build_data(cfg: Config, d: Dist):
     return train_set, train_loader, sampler, val_loader
 
 
+def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The multiplier of train.lr for optimiser step `step` (0-based): a linear warm-up over `warmup_steps`,
+    then constant (const) or half a cosine that reaches 0 at `total_steps` (cosine)."""
+    if schedule not in ("const", "cosine"):
+        raise BatmanError(f"train.schedule must be const or cosine, not {schedule!r}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "const":
+        return 1.0
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 # --- loss -----------------------------------------------------------------------------------
 
 def reconstruction_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -207,14 +224,17 @@ def train_step(model, batch, opt, scaler, cfg: Config, device, amp_dtype) -> flo
 
 
 @torch.no_grad()
-def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist) -> tuple[float, float]:
-    """Mean L1 and PSNR over the validation clips, reduced over ranks.
+def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist,
+             keep_images: int = 0) -> tuple[float, float, list[torch.Tensor]]:
+    """Mean L1 and PSNR over the validation clips, reduced over ranks, and the last frame of this rank's
+    first `keep_images` clips as output | truth side by side, (3, H, 2W) on the CPU.
 
     Runs the unwrapped network: DDP's forward broadcasts buffers (the tone curve's knots, BatchNorm
     statistics), a collective that hangs when ranks hold different numbers of validation clips."""
     model.eval()
     net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     sums = torch.zeros(3, dtype=torch.float64)
+    images = []
     for batch in loader:
         x, y = batch["input"].to(device), batch["target"].to(device)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
@@ -222,11 +242,28 @@ def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist) -> tuple[fl
         out = out.float().clamp(0, 1)
         mse = F.mse_loss(out, y).item()
         sums += torch.tensor([F.l1_loss(out, y).item(), -10 * math.log10(max(mse, 1e-10)), 1.0], dtype=torch.float64)
+        if len(images) < keep_images:
+            images.append(torch.cat([out[0, -1], y[0, -1]], dim=-1).cpu())
     if d.enabled:
         dist.all_reduce(sums)
     model.train()
     n = max(sums[2].item(), 1.0)
-    return sums[0].item() / n, sums[1].item() / n
+    return sums[0].item() / n, sums[1].item() / n, images
+
+
+def tensorboard_writer(out: Path, cfg: Config, purge_step: int | None):
+    """A SummaryWriter into OUT/tensorboard, or None when train.tensorboard is off or the optional
+    tensorboard package is missing (the CSV and loss.png are written either way).
+
+    `purge_step` (a resumed run's step) hides what a killed run had logged after its last checkpoint."""
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write("note: TensorBoard logging off (pip install tensorboard to have it)")
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge_step)
 
 
 def training_state(model, opt, scaler, sched, cfg: Config, prog: Progress) -> dict:
@@ -238,6 +275,39 @@ def training_state(model, opt, scaler, sched, cfg: Config, prog: Progress) -> di
         "best": prog.best, "bad_epochs": prog.bad_epochs, "history": prog.history,
         "rng_torch": torch.get_rng_state(), "config": cfg.to_json(), "commit": ckpts.git_commit(),
     }
+
+
+def choose_run_folder(cfg: Config, d: Dist, out: str | Path | None = None, name: str | None = None,
+                      label: str = "", resume: str | None = None) -> Path:
+    """The run's folder: `out`; else runs/NAME; else the folder of a --resume PATH; else, with --resume auto,
+    the newest run in runs/ whose config equals `cfg`; else a new runs/<label>-<model>-<timestamp>.
+
+    A given folder that already holds checkpoints is refused without --resume: a second run would
+    overwrite last.pt and mix its epoch checkpoints with the first one's. Rank 0 chooses; the others
+    are told, so every rank of a torchrun agrees on one timestamp.
+    """
+    if out is None and name:
+        out = ckpts.RUNS / name
+    if out is None and resume and resume != "auto":
+        out = Path(resume).parent
+    if out is not None:
+        out = Path(out)
+        if not resume and ckpts.holds_run(out):
+            raise BatmanError(f"{out} already holds a training run ({ckpts.LAST}, epoch checkpoints): pass --resume "
+                              f"auto to continue it, or another --out / --name (default: a new folder in "
+                              f"{ckpts.RUNS}/)")
+        how = "given"
+    elif d.main:
+        found = ckpts.find_run(cfg) if resume == "auto" else None
+        out, how = (found, "the newest run with the same config") if found else (
+            ckpts.new_run_folder("-".join(filter(None, [label, cfg.model.name]))), "new")
+    if d.enabled:
+        box = [str(out) if d.main else None]
+        dist.broadcast_object_list(box, src=0)
+        out = Path(box[0])
+    if d.main:
+        tqdm.write(f"run folder: {out} ({how})")
+    return out
 
 
 def find_resume_checkpoint(out: Path, resume: str | None) -> tuple[Path | None, dict | None]:
@@ -300,6 +370,17 @@ def write_log(out: Path, history: list[dict]) -> None:
     plot_losses(out / "loss.png", history)
 
 
+def log_epoch(board, row: dict, images: list[torch.Tensor], step: int) -> None:
+    """One epoch's line of the CSV as TensorBoard scalars, and the validation images (output | truth)."""
+    board.add_scalar("val/loss", row["val_loss"], step)
+    board.add_scalar("val/psnr_db", row["val_psnr"], step)
+    board.add_scalar("train/epoch_loss", row["train_loss"], step)
+    board.add_scalar("train/images_per_s", row["images_per_s"], step)
+    for i, image in enumerate(images):
+        board.add_image(f"val/clip{i}_output_truth", image, step)
+    board.flush()
+
+
 def plot_losses(path: Path, history: list[dict]) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -334,13 +415,17 @@ def with_exposure_level(cfg: Config, train_set) -> Config:
     return replace(cfg, data=replace(cfg.data, exposure_level=round(level, 6)))
 
 
-def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = None) -> dict:
-    """Train `cfg` into the folder `out`; returns {'best': val loss, 'epochs': n, 'stopped': reason}."""
-    d = setup_distributed()
-    device = pick_device(d)
+def train(cfg: Config, out: str | Path | None = None, resume: str | None = None, device: str | None = None,
+          name: str | None = None, label: str = "") -> dict:
+    """Train `cfg` into a run folder (see choose_run_folder: `out`, runs/NAME, or runs/<label>-<model>-<time>)
+    on `device` (cpu, cuda, cuda:N; None: CUDA when available).
+    Returns {'best': val loss, 'epochs': n, 'stopped': reason, 'history': [...], 'out': run folder}."""
+    wanted = ckpts.resolve_device(device)
+    d = setup_distributed(wanted)
+    device = pick_device(d, wanted)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    out = Path(out)
+    out = choose_run_folder(cfg, d, out, name, label, resume)
     seed_everything(cfg.seed + d.rank, cfg.train.deterministic)
 
     train_set, loader, sampler, val_loader = build_data(cfg, d)
@@ -349,7 +434,9 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
     model = model_for(cfg).to(device)
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # constant lr; kept in checkpoints
+    total_steps = cfg.train.epochs * (sampler.num // cfg.train.batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # its step count is kept in checkpoints; the function is cfg's
+        opt, lambda step: lr_factor(step, cfg.train.schedule, cfg.train.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     ckpt_path, ckpt = find_resume_checkpoint(out, resume)
@@ -361,6 +448,7 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
+    board = tensorboard_writer(out, cfg, prog.step if ckpt else None) if d.main else None
 
     def save_last():
         if d.main:
@@ -378,6 +466,7 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
         losses, t0, images = [], time.perf_counter(), 0
         steps_bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not d.main or None, position=1)
         for batch in steps_bar:
+            lr = opt.param_groups[0]["lr"]
             loss = train_step(model, batch, opt, scaler, cfg, device, amp_dtype)
             if not math.isfinite(loss):
                 raise BatmanError(f"training loss became {loss} at epoch {epoch + 1}, step {prog.step + 1}: stopped "
@@ -387,11 +476,15 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
             prog.step += 1
             prog.step_in_epoch += 1
             losses.append(loss)
+            if board:
+                board.add_scalar("train/loss", loss, prog.step)
+                board.add_scalar("train/lr", lr, prog.step)
             images += batch["input"].shape[0] * batch["input"].shape[1] * d.world
             steps_bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / (time.perf_counter() - t0):.1f}")
             if cfg.train.save_every and prog.step % cfg.train.save_every == 0:
                 save_last()
-        val_loss, val_psnr = validate(model, val_loader, cfg, device, amp_dtype, d)
+        val_loss, val_psnr, val_images = validate(model, val_loader, cfg, device, amp_dtype, d,
+                                                  keep_images=cfg.train.log_images if board else 0)
         prog.epoch, prog.step_in_epoch = epoch + 1, 0
         improved = val_loss < prog.best
         prog.best, prog.bad_epochs = (val_loss, 0) if improved else (prog.best, prog.bad_epochs + 1)
@@ -407,6 +500,8 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
                 ckpts.prune_checkpoints(out, cfg.train.keep)
             ckpts.save_checkpoint(out / ckpts.LAST, state)
             write_log(out, prog.history)
+            if board:
+                log_epoch(board, prog.history[-1], val_images, prog.step)
             epochs_bar.set_postfix(train=f"{mean_train:.4f}", val=f"{val_loss:.4f}", psnr=f"{val_psnr:.2f}")
             tqdm.write(f"epoch {epoch + 1}: train {mean_train:.4f}  val {val_loss:.4f}  PSNR {val_psnr:.2f} dB"
                        + ("  (best)" if improved else f"  ({prog.bad_epochs} without improvement)"))
@@ -420,7 +515,9 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
         stopped = "early stop"
         if d.main:
             tqdm.write(f"early stop: no validation improvement for {cfg.train.patience} epochs")
+    if board:
+        board.close()
     if d.enabled:
         check_ranks_agree(model, d)
         dist.destroy_process_group()
-    return {"best": prog.best, "epochs": prog.epoch, "stopped": stopped, "history": prog.history}
+    return {"best": prog.best, "epochs": prog.epoch, "stopped": stopped, "history": prog.history, "out": out}

@@ -15,7 +15,6 @@ videos, which have no ground truth.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -150,27 +149,26 @@ def png_size(path: Path) -> tuple[int, int]:
         raise BatmanError(f"cannot read image: {path} ({type(e).__name__}: {e})") from None
 
 
-def read_target(path: str | Path) -> np.ndarray:
-    """A PNG (ground truth, or a VBM4D input) -> float32 (H, W, 3) in [0, 1] (16-bit / 65535, 8-bit / 255).
-
-    Decoded with torchvision: Pillow (behind imageio) reads 16-bit colour PNGs as 8-bit. Its notice
-    that torchvision's image I/O is deprecated (0.29, for TorchCodec) is silenced: nothing else here
-    reads 16-bit colour PNGs.
-    """
-    import torch
-    from torchvision.io import ImageReadMode, decode_png, read_file
+def read_png(path: str | Path) -> np.ndarray:
+    """A PNG as stored: (H, W, C) uint8 or uint16 (grey as C = 1), decoded by libpng through imagecodecs
+    (Pillow, behind imageio, reads 16-bit colour PNGs as 8-bit)."""
+    import imagecodecs
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            img = decode_png(read_file(str(path)), ImageReadMode.UNCHANGED)
-    except Exception as e:  # missing file, not a PNG, corrupt data: torchvision raises RuntimeError and friends
+        img = imagecodecs.png_decode(path.read_bytes())
+    except Exception as e:  # missing file, not a PNG, corrupt data: OSError, ValueError, imagecodecs' own errors
         reason = (str(e).strip().splitlines() or [""])[0]
         raise BatmanError(f"cannot read image: {path} ({type(e).__name__}: {reason})") from None
-    if img.shape[0] not in (3, 4):
-        raise BatmanError(f"image {path} has {img.shape[0]} channels: expected RGB")
-    scale = np.float32(65535.0 if img.dtype == torch.uint16 else 255.0)
-    return img[:3].permute(1, 2, 0).numpy().astype(np.float32) / scale
+    return img[..., None] if img.ndim == 2 else img
+
+
+def read_target(path: str | Path) -> np.ndarray:
+    """A PNG (ground truth, or a VBM4D input) -> float32 (H, W, 3) in [0, 1] (16-bit / 65535, 8-bit / 255)."""
+    img = read_png(path)
+    if img.shape[2] not in (3, 4):
+        raise BatmanError(f"image {path} has {img.shape[2]} channels: expected RGB")
+    scale = np.float32(65535.0 if img.dtype == np.uint16 else 255.0)
+    return img[..., :3].astype(np.float32) / scale
 
 
 # --- gains ----------------------------------------------------------------------------------

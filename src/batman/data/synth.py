@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-import zlib
 from dataclasses import dataclass, replace
 from fnmatch import fnmatch
 from fractions import Fraction
@@ -220,19 +218,19 @@ def clean_mosaic_dn(packed: np.ndarray, camera: Camera, ratio: float) -> np.ndar
 
 
 def write_png16(path: str | Path, rgb: np.ndarray) -> None:
-    """(H, W, 3) float in [0, 1] -> 16-bit RGB PNG, atomic and byte-reproducible.
+    """(H, W, 3) float in [0, 1] (rounded to 1/65535), or uint16 counts as they are -> 16-bit RGB PNG,
+    atomic and byte-reproducible. Encoded by libpng through imagecodecs: Pillow (behind imageio) cannot
+    write 16-bit colour PNGs."""
+    import imagecodecs
 
-    Written by hand because Pillow (behind imageio) cannot write 16-bit colour PNGs.
-    """
-    rgb16 = np.rint(np.clip(rgb, 0.0, 1.0) * 65535).astype(">u2")
-    h, w, _ = rgb16.shape
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb16.reshape(h, -1).view(np.uint8)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"write_png16 expects (H, W, 3), got {rgb.shape}")
+    if rgb.dtype.kind == "u" and rgb.dtype.itemsize == 2:  # counts, any byte order
+        rgb16 = rgb.astype(np.uint16)
+    else:
+        rgb16 = np.rint(np.clip(rgb, 0.0, 1.0) * 65535).astype(np.uint16)
+    png = imagecodecs.png_encode(np.ascontiguousarray(rgb16), level=6)
     with atomic_path(path, suffix=".png") as tmp:
         tmp.write_bytes(png)
 
