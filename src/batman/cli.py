@@ -46,7 +46,13 @@ def cmd_inspect(args) -> int:
 def cmd_synth(args) -> int:
     from batman.data.synth import synthesize
     synthesize(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
-               images=args.images, dynamic=args.dynamic, ratio=tuple(args.ratio))
+               images=args.images, dynamic=args.dynamic, ratio=tuple(args.ratio), camera_file=args.camera)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from batman.data.calibrate import calibrate
+    calibrate(args.dark, args.flat, out=args.out)
     return 0
 
 
@@ -136,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dynamic", type=int, default=0, help="extra videos with motion and per-frame truth")
     sp.add_argument("--ratio", type=float, nargs=2, default=(50.0, 300.0), metavar=("LO", "HI"),
                     help="darkening ratio range (the gain the model must undo)")
+    sp.add_argument("--camera", type=Path, default=None, metavar="FILE",
+                    help="camera JSON from `batman calibrate`: its noise, CFA and levels instead of sampled ones")
+
+    sp = add("calibrate", cmd_calibrate, "fit a camera's noise, black/white levels and gain from dark and flat frames")
+    sp.add_argument("--dark", required=True, type=Path,
+                    help="folder of dark frames (lens cap on, the footage's exposure and ISO)")
+    sp.add_argument("--flat", required=True, type=Path,
+                    help="folder of flat frames: pairs of one exposure at several brightnesses")
+    sp.add_argument("--out", type=Path, default=Path("camera.json"), help="camera JSON (the fit plot: same name .png)")
 
     sp = add("download", cmd_download, "download and extract DRV (resumable, verified, safe)")
     sp.add_argument("--root", required=True, type=Path)
