@@ -71,7 +71,7 @@ def cmd_prepare(args) -> int:
 def cmd_train(args) -> int:
     cfg = _config(args)
     from batman.train import train
-    train(cfg, out=args.out, resume=args.resume)
+    train(cfg, out=args.out, resume=args.resume, init=args.init)
     return 0
 
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", required=True, type=Path)
     add_config_args(sp, "cpu")
     sp.add_argument("--resume", default=None, help="PATH to a checkpoint, or 'auto' for OUT/last.pt")
+    sp.add_argument("--init", type=Path, default=None, metavar="CKPT",
+                    help="fine-tune: start from this checkpoint's weights (fresh optimiser, epoch 0)")
     sp.add_argument("--out", type=Path, default=Path("trained_model"))
 
     sp = add("evaluate", cmd_evaluate, "PSNR/SSIM/MABD of a checkpoint and the baselines")

@@ -1,7 +1,8 @@
 """The training loop: AdamW, L1/L2 (+ temporal term), truncated BPTT, AMP, early stop, resume, DDP.
 
-Reads as a story: set up (distributed, seed, data, model, optimiser), maybe resume, then epochs of
-steps, a validation, checkpoints and a log line each. Only rank 0 writes anything.
+Reads as a story: set up (distributed, seed, data, model, optimiser), maybe resume (or, to fine-tune,
+start from another run's weights with a fresh optimiser at epoch 0), then epochs of steps, a
+validation, checkpoints and a log line each. Only rank 0 writes anything.
 Determinism: the data order of every epoch is a function of (seed, epoch), so a resumed run sees
 exactly the batches an uninterrupted one would have seen.
 """
@@ -13,7 +14,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,22 @@ def restore(ckpt: dict, path: Path, model, opt, scaler, sched, cfg: Config) -> P
                     best=ckpt["best"], bad_epochs=ckpt["bad_epochs"], history=list(ckpt["history"]))
 
 
+def architecture(cfg: Config) -> tuple:
+    """What decides whether weights fit: the model config less its training-only knobs, and the input."""
+    return replace(cfg.model, checkpointing=False, encoder_weights=""), cfg.data.mode, cfg.data.in_channels
+
+
+def load_init_weights(model, path: str | Path, cfg: Config) -> None:
+    """--init: only the weights of a checkpoint (fine-tuning); another architecture is a one-line error."""
+    path = Path(path)
+    ckpt = ckpts.load_checkpoint(path)
+    saved = ckpts.checkpoint_config(ckpt, path)
+    if architecture(saved) != architecture(cfg):
+        raise BatmanError(f"--init {path} holds a {ckpts.describe_model(saved)} model, not the requested "
+                          f"{ckpts.describe_model(cfg)}: pass the --set values it was trained with")
+    ckpts.load_state_strict(model, ckpt["model"], path)
+
+
 def check_ranks_agree(model, d: Dist) -> None:
     """DDP keeps replicas identical; prove it at the end with a checksum of every rank's weights."""
     net = model.module if hasattr(model, "module") else model
@@ -318,8 +335,12 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = None) -> dict:
-    """Train `cfg` into the folder `out`; returns {'best': val loss, 'epochs': n, 'stopped': reason}."""
+def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = None,
+          init: str | Path | None = None) -> dict:
+    """Train `cfg` into the folder `out`; returns {'best': val loss, 'epochs': n, 'stopped': reason}.
+
+    init: fine-tune from that checkpoint's weights (fresh optimiser, epoch 0); a run being resumed
+    continues from its own checkpoint instead."""
     d = setup_distributed()
     device = pick_device(d)
     if cfg.train.threads:
@@ -336,6 +357,10 @@ def train(cfg: Config, out: str | Path = "trained_model", resume: str | None = N
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     ckpt_path, ckpt = find_resume_checkpoint(out, resume)
+    if init and not ckpt:
+        load_init_weights(model, init, cfg)
+        if d.main:
+            tqdm.write(f"fine-tuning from the weights of {init}")
     prog = restore(ckpt, ckpt_path, model, opt, scaler, sched, cfg) if ckpt else Progress()
     if ckpt and d.main:
         tqdm.write(f"resumed from {ckpt_path}: epoch {prog.epoch}, step {prog.step}")
