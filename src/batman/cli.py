@@ -78,7 +78,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from batman.evaluate import evaluate
     evaluate(args.root, model=args.model, split=args.split, frames=args.frames, out=args.out,
-             baselines=args.compare, videos=args.videos)
+             baselines=args.compare, videos=args.videos, classical=args.baselines)
     return 0
 
 
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", required=True, type=Path)
     sp.add_argument("--model", type=Path, default=None, help="checkpoint (default: best in trained_model/)")
     sp.add_argument("--compare", type=Path, nargs="*", default=[], help="other checkpoints in the table")
+    sp.add_argument("--baselines", nargs="*", default=["traditional", "mean"], metavar="NAME",
+                    help="classical baselines in the table: traditional, mean, bm3d, mean-bm3d, bm4d "
+                         "(default: traditional mean; none: the flag alone; BM3D/BM4D take seconds per frame)")
     sp.add_argument("--split", default="test")
     sp.add_argument("--videos", nargs="*", default=None, help="only these video ids")
     sp.add_argument("--frames", type=int, default=0, help="frames per video (0: all)")
