@@ -144,6 +144,12 @@ def test_scene_photos_given_as_darks_are_refused(tmp_path):
     assert not (tmp_path / "c.json").exists()
 
 
+def test_the_fixtures_folder_is_refused_at_its_first_scene(fixtures_dir, tmp_path):
+    """README.md is skipped (not a raw suffix); the Canon scene is the first frame read."""
+    with pytest.raises(BatmanError, match=r"not a dark frame: .*canon_550d_colorchart.dng"):
+        calibrate(fixtures_dir, fixtures_dir, out=tmp_path / "c.json")
+
+
 def test_a_scene_photo_and_its_copy_are_not_a_flat_pair(tmp_path):
     dark = canon_like_darks(tmp_path / "dark")
     flat = tmp_path / "flat"
