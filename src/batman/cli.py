@@ -65,7 +65,14 @@ def cmd_synth(args) -> int:
     from batman.data.synth import synthesize
     synthesize(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
                images=args.images, dynamic=args.dynamic, ratio=tuple(args.ratio), cameras=args.cameras,
-               exclude=tuple(args.exclude), only=tuple(args.only), test_only=args.test_only)
+               exclude=tuple(args.exclude), only=tuple(args.only), test_only=args.test_only,
+               camera_file=args.camera)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from batman.data.calibrate import calibrate
+    calibrate(args.dark, args.flat, out=args.out)
     return 0
 
 
@@ -90,14 +97,15 @@ def train_config(args):
 def cmd_train(args) -> int:
     cfg, preset = train_config(args)
     from batman.train import train
-    train(cfg, out=args.out, resume=args.resume, device=args.device, name=args.name, label=preset)
+    train(cfg, out=args.out, resume=args.resume, device=args.device, name=args.name, label=preset, init=args.init)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from batman.evaluate import evaluate
     evaluate(args.root, model=args.model, split=args.split, frames=args.frames, out=args.out,
-             baselines=args.compare, videos=args.videos, device=args.device)
+             baselines=args.compare, videos=args.videos, device=args.device,
+             classical=args.baselines)
     return 0
 
 
@@ -181,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dynamic", type=int, default=0, help="extra videos with motion and per-frame truth")
     sp.add_argument("--ratio", type=float, nargs=2, default=(50.0, 300.0), metavar=("LO", "HI"),
                     help="darkening ratio range (the gain the model must undo)")
+    sp.add_argument("--camera", type=Path, default=None, metavar="FILE",
+                    help="camera JSON from `batman calibrate`: its noise, CFA and levels instead of sampled ones")
+
+    sp = add("calibrate", cmd_calibrate, "fit a camera's noise, black/white levels and gain from dark and flat frames")
+    sp.add_argument("--dark", required=True, type=Path,
+                    help="folder of dark frames (lens cap on, the footage's exposure and ISO)")
+    sp.add_argument("--flat", required=True, type=Path,
+                    help="folder of flat frames: pairs of one exposure at several brightnesses")
+    sp.add_argument("--out", type=Path, default=Path("camera.json"), help="camera JSON (the fit plot: same name .png)")
 
     sp = add("download", cmd_download, "download and extract DRV (resumable, verified, safe)")
     sp.add_argument("--root", required=True, type=Path, help="data set folder to download into")
@@ -208,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, default=None,
                        help="run folder (default: runs/<preset>-<model>-<YYYYmmdd-HHMMSS>/)")
     where.add_argument("--name", type=_run_name, default=None, help="run folder runs/NAME instead of a timestamp")
+    sp.add_argument("--init", type=Path, default=None, metavar="CKPT",
+                    help="fine-tune: start from this checkpoint's weights (fresh optimiser, epoch 0)")
     add_device_arg(sp)
 
     sp = add("evaluate", cmd_evaluate, "PSNR/SSIM/MABD of a checkpoint and the baselines")
@@ -215,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", type=Path, default=None,
                     help="checkpoint (default: the best of the newest run in runs/, else the shipped weights; printed)")
     sp.add_argument("--compare", type=Path, nargs="*", default=[], help="other checkpoints in the table")
+    sp.add_argument("--baselines", nargs="*", default=["traditional", "mean"], metavar="NAME",
+                    help="classical baselines in the table: traditional, mean, bm3d, mean-bm3d, bm4d "
+                         "(default: traditional mean; none: the flag alone; BM3D/BM4D take seconds per frame)")
     sp.add_argument("--split", default="test", help="train | val | test | dynamic")
     sp.add_argument("--videos", nargs="*", default=None, help="only these video ids (default: all)")
     sp.add_argument("--frames", type=int, default=0, help="frames per video (0: all)")

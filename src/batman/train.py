@@ -1,7 +1,8 @@
 """The training loop: AdamW, L1/L2 (+ temporal term), truncated BPTT, AMP, early stop, resume, DDP.
 
-Reads as a story: set up (distributed, seed, data, model, optimiser), maybe resume, then epochs of
-steps, a validation, checkpoints and a log line each. Only rank 0 writes anything.
+Reads as a story: set up (distributed, seed, data, model, optimiser), maybe resume (or, to fine-tune,
+start from another run's weights with a fresh optimiser at epoch 0), then epochs of steps, a
+validation, checkpoints and a log line each. Only rank 0 writes anything.
 Determinism: the data order of every epoch is a function of (seed, epoch), so a resumed run sees
 exactly the batches an uninterrupted one would have seen.
 """
@@ -346,6 +347,22 @@ def restore(ckpt: dict, path: Path, model, opt, scaler, sched, cfg: Config) -> P
                     best=ckpt["best"], bad_epochs=ckpt["bad_epochs"], history=list(ckpt["history"]))
 
 
+def architecture(cfg: Config) -> tuple:
+    """What decides whether weights fit: the model config less its training-only knobs, and the input."""
+    return replace(cfg.model, checkpointing=False, encoder_weights=""), cfg.data.mode, cfg.data.in_channels
+
+
+def load_init_weights(model, path: str | Path, cfg: Config) -> None:
+    """--init: only the weights of a checkpoint (fine-tuning); another architecture is a one-line error."""
+    path = Path(path)
+    ckpt = ckpts.load_checkpoint(path)
+    saved = ckpts.checkpoint_config(ckpt, path)
+    if architecture(saved) != architecture(cfg):
+        raise BatmanError(f"--init {path} holds a {ckpts.describe_model(saved)} model, not the requested "
+                          f"{ckpts.describe_model(cfg)}: pass the --set values it was trained with")
+    ckpts.load_state_strict(model, ckpt["model"], path)
+
+
 def check_ranks_agree(model, d: Dist) -> None:
     """DDP keeps replicas identical; prove it at the end with a checksum of every rank's weights."""
     net = model.module if hasattr(model, "module") else model
@@ -416,10 +433,12 @@ def with_exposure_level(cfg: Config, train_set) -> Config:
 
 
 def train(cfg: Config, out: str | Path | None = None, resume: str | None = None, device: str | None = None,
-          name: str | None = None, label: str = "") -> dict:
+          name: str | None = None, label: str = "", init: str | Path | None = None) -> dict:
     """Train `cfg` into a run folder (see choose_run_folder: `out`, runs/NAME, or runs/<label>-<model>-<time>)
     on `device` (cpu, cuda, cuda:N; None: CUDA when available).
-    Returns {'best': val loss, 'epochs': n, 'stopped': reason, 'history': [...], 'out': run folder}."""
+    Returns {'best': val loss, 'epochs': n, 'stopped': reason, 'history': [...], 'out': run folder}.
+    init: fine-tune from that checkpoint's weights (fresh optimiser, epoch 0); a run being resumed
+    continues from its own checkpoint instead."""
     wanted = ckpts.resolve_device(device)
     d = setup_distributed(wanted)
     device = pick_device(d, wanted)
@@ -440,6 +459,10 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     ckpt_path, ckpt = find_resume_checkpoint(out, resume)
+    if init and not ckpt:
+        load_init_weights(model, init, cfg)
+        if d.main:
+            tqdm.write(f"fine-tuning from the weights of {init}")
     prog = restore(ckpt, ckpt_path, model, opt, scaler, sched, cfg) if ckpt else Progress()
     if ckpt and d.main:
         tqdm.write(f"resumed from {ckpt_path}: epoch {prog.epoch}, step {prog.step}")

@@ -4,13 +4,19 @@ A dark frame in DN is: photon shot noise (Poisson in electrons, K DN per electro
 (Gaussian, or heavy-tailed Tukey lambda as measured on real sensors) + row banding (one offset per
 sensor row) + quantisation by the ADC. Each model maps a signal above black (float DN) and a
 numpy Generator to a noisier signal, so a test can switch any one of them on alone.
+Noise levels come from a built-in sensor profile (sampled) or from `batman calibrate`'s camera JSON
+(`load_camera`: one CalibratedProfile per ISO, its NoiseParams measured, not sampled).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+from batman.config import BatmanError
 
 
 # --- the noise models ---------------------------------------------------------------------------
@@ -144,3 +150,48 @@ def add_sensor_noise(mosaic_dn: np.ndarray, black: float, white: float, params: 
     for model in noise_models(params) if params is not None else []:
         signal = model(signal, rng)
     return quantize(signal + np.float32(black), white)
+
+
+# --- calibrated cameras (`batman calibrate`) ----------------------------------------------------
+
+CAMERA_FORMAT = "batman-camera/1"
+
+
+@dataclass(frozen=True)
+class CalibratedProfile:
+    """One ISO of a calibrated camera: its CFA, levels and measured noise (what synth --camera uses)."""
+    iso: int | None
+    pattern: str                              # CFA letters row-major, e.g. "RGGB"
+    black: tuple[float, float, float, float]  # DN per canonical channel R, G1, G2, B
+    white: float                              # DN
+    noise: NoiseParams
+
+
+def load_camera(path: str | Path) -> list[CalibratedProfile]:
+    """The profiles (one per ISO) of a camera JSON written by `batman calibrate`; a one-line error
+    names the file and what is wrong."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != CAMERA_FORMAT:
+            raise ValueError(f"format is {doc.get('format')!r}, not {CAMERA_FORMAT!r}")
+        profiles = [_profile(doc, p) for p in doc["profiles"]]
+    except OSError as e:
+        raise BatmanError(f"cannot read camera file {path}: {e.strerror}") from None
+    except (ValueError, KeyError, TypeError) as e:  # JSON syntax, missing or mistyped fields
+        raise BatmanError(f"{path} is not a camera file from `batman calibrate` ({type(e).__name__}: {e})") from None
+    if not profiles:
+        raise BatmanError(f"{path} holds no calibrated ISO")
+    return profiles
+
+
+def _profile(doc: dict, p: dict) -> CalibratedProfile:
+    noise = NoiseParams(k=float(p["k"]), read_scale=float(p["read_scale"]),
+                        read_lambda=None if p["read_lambda"] is None else float(p["read_lambda"]),
+                        row_sigma=float(p["row_sigma"]))
+    black = tuple(float(b) for b in p["black"])
+    white = float(doc["white"])
+    if len(black) != 4 or not all(0 <= b < white for b in black) or noise.k <= 0 or noise.read_scale < 0 \
+            or noise.row_sigma < 0 or sorted(doc["pattern"].upper()) != ["B", "G", "G", "R"]:
+        raise ValueError(f"values out of range in the profile of ISO {p.get('iso')}")
+    return CalibratedProfile(iso=p.get("iso"), pattern=doc["pattern"].upper(), black=black, white=white, noise=noise)

@@ -251,11 +251,12 @@ _CFA_CODE = {"R": 0, "G": 1, "B": 2}
 
 def write_dng(path: str | Path, bayer_u16: np.ndarray, pattern: str, black: float | tuple,
               white: float, exposure_s: float, wb: tuple[float, float, float] | None = None,
-              color_matrix: np.ndarray | None = None, make: str = "batman", model: str = "synthetic") -> None:
+              color_matrix: np.ndarray | None = None, make: str = "batman", model: str = "synthetic",
+              iso: int | None = None) -> None:
     """Write a CFA DNG that rawpy reads back bit-exact (tifffile; atomic).
 
     black: one level or four per 2x2 tile position (row-major). wb: R, G, B multipliers, stored as
-    AsShotNeutral = 1/wb. color_matrix: XYZ -> camera 3x3 (DNG ColorMatrix1).
+    AsShotNeutral = 1/wb. color_matrix: XYZ -> camera 3x3 (DNG ColorMatrix1). iso: EXIF ISOSpeedRatings.
     """
     import tifffile
     from fractions import Fraction
@@ -287,6 +288,8 @@ def write_dng(path: str | Path, bayer_u16: np.ndarray, pattern: str, black: floa
         (50714, "2I", 4, rationals(blacks), True),                  # BlackLevel
         (50717, "I", 1, int(white), True),                          # WhiteLevel
     ]
+    if iso is not None:
+        extratags.append((34855, "H", 1, int(iso), True))              # ISOSpeedRatings
     if wb is not None:
         extratags.append((50728, "2I", 3, rationals([1.0 / v for v in wb]), True))  # AsShotNeutral
     if color_matrix is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from batman.config import BatmanError
 from batman.data.isp import cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline, unprocess
-from batman.data.noise import NoiseParams, add_sensor_noise, sample_noise_params
+from batman.data.noise import CalibratedProfile, NoiseParams, add_sensor_noise, load_camera, sample_noise_params
 from batman.data.raw import bin2x2, unpack_bayer, write_dng
 from batman.files import atomic_path, atomic_write_text
 
@@ -64,18 +64,24 @@ class Camera:
 
 
 def sample_camera(rng: np.random.Generator, ratio: tuple[float, float], noise: bool,
-                  xyz_to_cam: np.ndarray, name: str = "") -> Camera:
+                  xyz_to_cam: np.ndarray, name: str = "",
+                  calibrated: list[CalibratedProfile] | None = None) -> Camera:
     """Draw a video's capture: ratio log-uniform in `ratio`, white balance, noise levels from the
     sensor profile; `xyz_to_cam` is the colour matrix of the camera `name`.
 
     Noise levels are drawn even when `noise` is off, so that a clean data set has the same
-    cameras and scenes as the noisy one of the same seed.
+    cameras and scenes as the noisy one of the same seed. `calibrated` (from `batman calibrate`):
+    one of its ISOs per video replaces the drawn noise, CFA pattern, black (channel mean) and white.
     """
     camera = Camera(pattern=PATTERNS[rng.integers(len(PATTERNS))], black=BLACKS[rng.integers(len(BLACKS))],
                     white=WHITE, wb=sample_wb(rng), xyz_to_cam=xyz_to_cam, name=name,
                     cam_to_srgb=cam_to_srgb_from_xyz(xyz_to_cam),
                     ratio=round(math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]))), 2),
                     noise=sample_noise_params(rng))
+    if calibrated:
+        p = calibrated[rng.integers(len(calibrated))]
+        camera = replace(camera, pattern=p.pattern, black=round(float(np.mean(p.black))), white=int(p.white),
+                         noise=p.noise)
     return camera if noise else replace(camera, noise=None)
 
 
@@ -279,7 +285,8 @@ def _check_args(videos: int, frames: int, size: tuple[int, int], seed: int, rati
 def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int], seed: int,
                images: str | Path | list | None = None, dynamic: int = 0,
                ratio: tuple[float, float] = (50.0, 300.0), noise: bool = True, cameras: str = "train",
-               exclude: tuple[str, ...] = (), only: tuple[str, ...] = (), test_only: bool = False) -> None:
+               exclude: tuple[str, ...] = (), only: tuple[str, ...] = (), test_only: bool = False,
+               camera_file: str | Path | None = None) -> None:
     """Write `videos` static and `dynamic` moving videos of `frames` (H, W) = `size` Bayer frames.
 
     cameras: `one` (one colour matrix for the whole set, like DRV's single RX100 VI), `train` (each
@@ -287,6 +294,7 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
     The same seed gives byte-identical files; each video has its own seed stream, so adding
     dynamic videos leaves the static ones unchanged. noise=False writes clean (only rounded) frames.
     test_only: every static video goes into the test list (an evaluation set, e.g. of held-out photos).
+    camera_file: a `batman calibrate` JSON whose sensor (noise, CFA, levels) replaces the sampled one.
     """
     from tqdm import tqdm
     _check_args(videos, frames, size, seed, ratio)
@@ -294,6 +302,7 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
     if cameras not in CAMERA_MODES:
         raise BatmanError(f"synth: --cameras {cameras!r}: choose one of {', '.join(CAMERA_MODES)}")
     sources = image_sources(images, exclude, only)
+    calibrated = load_camera(camera_file) if camera_file else None
     shape = (size[0] // 2, size[1] // 2)  # the packed grid
     static_ids = [f"{i + 1:04d}" for i in range(videos)]
     dynamic_ids = [f"M{j:04d}" for j in range(dynamic)]
@@ -301,7 +310,8 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
     jobs = [(vid, 0, i) for i, vid in enumerate(static_ids)] + [(vid, 1, j) for j, vid in enumerate(dynamic_ids)]
     for vid, moving, index in tqdm(jobs, desc="synth", unit="video", disable=None):
         rng = np.random.default_rng([seed, moving, index])
-        camera = sample_camera(rng, ratio, noise, *(one_camera or sample_xyz_to_cam(rng, cameras)))
+        camera = sample_camera(rng, ratio, noise, *(one_camera or sample_xyz_to_cam(rng, cameras)),
+                               calibrated=calibrated)
         if not moving:
             views, info = static_scene(sources, shape, rng)
         elif index % 2 == 0:

@@ -1,0 +1,56 @@
+"""train --init: fine-tuning starts from a checkpoint's weights with a fresh optimiser at epoch 0, and
+refuses a checkpoint of another architecture in one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from batman import ckpt
+from batman.cli import main
+from batman.config import BatmanError, make_config
+from batman.model.net import model_for
+from batman.train import train
+
+TINY = {"data.crop": (32, 32), "data.frames": 4, "data.clips_per_video": 2, "model.hidden": 16, "model.fusion": 16,
+        "train.steps_per_epoch": 2, "train.val_clips": 1, "train.threads": 1, "train.epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    from batman.data.synth import synthesize
+    root = tmp_path_factory.mktemp("syn")
+    synthesize(root, videos=4, frames=4, size=(128, 192), seed=3)
+    return root
+
+
+def save_weights(path: Path, seed: int, **overrides) -> dict:
+    """A checkpoint of freshly initialised weights drawn with `seed` (not the seed train uses)."""
+    cfg = make_config("demo", {**TINY, **overrides})
+    torch.manual_seed(seed)
+    state = model_for(cfg).state_dict()
+    ckpt.save_checkpoint(path, {"model": state, "config": cfg.to_json(), "optimizer": {"junk": 1}, "epoch": 7})
+    return state
+
+
+def test_init_loads_the_weights_and_starts_at_epoch_zero(syn, tmp_path):
+    init = save_weights(tmp_path / "pre.pt", seed=123)
+    settings = [f"{k}={v!r}".replace(" ", "") for k, v in {**TINY, "train.lr": 0.0, "train.weight_decay": 0.0}.items()]
+    out = tmp_path / "run"
+    assert main(["train", "--root", str(syn), "--preset", "demo", "--out", str(out), "--init", str(tmp_path / "pre.pt"),
+                 "--set", *settings]) == 0
+    last = ckpt.load_checkpoint(out / ckpt.LAST)
+    assert last["epoch"] == 1 and last["step"] == 2  # its own epoch and steps, not the 7 epochs of pre.pt
+    assert all(torch.equal(last["model"][k], v) for k, v in init.items())  # lr 0: still the initial weights
+    fresh = model_for(make_config("demo", TINY)).state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in init.items() if v.is_floating_point())
+
+
+def test_init_from_another_architecture_is_a_one_line_error(syn, tmp_path):
+    save_weights(tmp_path / "unet.pt", seed=1, **{"model.name": "unet"})
+    with pytest.raises(BatmanError, match=r"--init .*unet.pt holds a unet .* model, not the requested clstm") as e:
+        train(make_config("demo", {**TINY, "data.root": str(syn)}), out=tmp_path / "run", init=tmp_path / "unet.pt")
+    assert "\n" not in str(e.value)
+    with pytest.raises(BatmanError, match="no checkpoint at"):
+        train(make_config("demo", {**TINY, "data.root": str(syn)}), out=tmp_path / "run", init=tmp_path / "none.pt")
