@@ -30,8 +30,11 @@ Computed on the packed grid (h, w) and max-pooled 2x2 onto the ground truth's gr
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -326,3 +329,28 @@ def describe(kind: str, parts: tuple, camera: Camera, layers: list[Layer], light
             "light": None if light is None else {"frame": light.frame, "dim": round(light.dim, 4),
                                                  "sigma_px": round(light.sigma, 2)},
             "masks": "mask%04d.png", "mask_bits": {"moving": MOVING, "uncovered": UNCOVERED}}
+
+
+# --- reading the masks back -----------------------------------------------------------------------
+
+def mask_path(target: Path) -> Path:
+    """long/<id>/half0007.png -> long/<id>/mask0007.png (frames left out keep their own masks)."""
+    return target.with_name(target.name.replace("half", "mask", 1))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image, dtype=np.uint8)
+    except Exception as e:  # PIL raises many types for broken files
+        raise BatmanError(f"cannot read motion mask {path} ({type(e).__name__}: {e})") from None
+
+
+def iter_masks(video, n_frames: int) -> Iterator[np.ndarray | None]:
+    """The uint8 masks of a video's first n frames, or None for each frame when it has none (static
+    videos, DRV, synthetic data written before masks existed)."""
+    paths = [mask_path(Path(t)) for t in video.targets[:n_frames]] if len(video.targets) > 1 else []
+    if not paths or not all(p.is_file() for p in paths):
+        return itertools.repeat(None, n_frames)
+    return (read_mask(p) for p in paths)
