@@ -66,7 +66,8 @@ def cmd_synth(args) -> int:
     synthesize(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
                images=args.images, dynamic=args.dynamic, ratio=tuple(args.ratio), cameras=args.cameras,
                exclude=tuple(args.exclude), only=tuple(args.only), test_only=args.test_only,
-               camera_file=args.camera)
+               camera_file=args.camera,
+               **{k: v for k, v in (("motion_kinds", args.motion), ("max_speed", args.max_speed)) if v is not None})
     return 0
 
 
@@ -187,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="colour matrices: one for the whole set (like DRV), each video its own real camera, "
                          "or real cameras that 'train' never uses (for held-out evaluation)")
     sp.add_argument("--dynamic", type=int, default=0, help="extra videos with motion and per-frame truth")
+    sp.add_argument("--motion", default=None, metavar="KINDS",
+                    help="the dynamic videos' motion in turn, a comma list of pan,rotate,zoom,object,objects,light,"
+                         "mixed (default: all)")
+    sp.add_argument("--max-speed", type=float, default=None, metavar="PX",
+                    help="fastest motion, pixels per frame on the model's input grid (default 16)")
     sp.add_argument("--ratio", type=float, nargs=2, default=(50.0, 300.0), metavar=("LO", "HI"),
                     help="darkening ratio range (the gain the model must undo)")
     sp.add_argument("--camera", type=Path, default=None, metavar="FILE",

@@ -68,6 +68,8 @@ class ModelCfg:
                               # (the recursive head filters the input itself)
     encoder_weights: str = "" # local torchvision resnet18 state dict (ImageNet); empty: random init
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)
+    align: str = "none"       # none | flow: warp the recurrent states by the flow from the previous frame's
+                              # features before each update (model/align.py), so the filter follows motion
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ raw binned 2x2 in linear space, so that a perfect denoiser + gain + traditional 
     long/<id>/half0001.png      16-bit sRGB ground truth, (H/4, W/4); dynamic videos: one per frame
     long/<id>/long.dng          the clean long exposure (gain = its ExposureTime / a frame's)
     long/<id>/synth.json        everything drawn at random for the video (flat: wb, cam_to_srgb, ...)
+    long/<id>/mask0001.png      dynamic videos: per frame, 8-bit on the truth's grid, bits 128 moving and
+                                64 uncovered since the previous frame (batman.data.motion)
     train_list.txt val_list.txt test_list.txt dynamic_list.txt
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from batman.config import BatmanError
+from batman.data import motion
 from batman.data.isp import cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline, unprocess
 from batman.data.noise import CalibratedProfile, NoiseParams, add_sensor_noise, load_camera, sample_noise_params
 from batman.data.raw import bin2x2, unpack_bayer, write_dng
@@ -35,7 +38,6 @@ PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 WHITE = 16383                           # 14-bit sensor
 BLACKS = (512, 600, 800, 1024)          # black levels of common 14-bit cameras
 FRAME_EXPOSURE_S = Fraction(1, 30)      # a video frame; the long exposure is ratio times longer
-SPEED_PX = (1.0, 3.0)                   # motion per frame on the packed grid (2x on the mosaic)
 CAMERA_MODES = ("one", "train", "heldout")
 
 
@@ -160,50 +162,23 @@ def static_scene(sources: list[str], shape: tuple[int, int], rng: np.random.Gene
     return [view], {"image": _display_name(name), **info, "motion": None}
 
 
-def pan_scene(sources: list[str], shape: tuple[int, int], frames: int,
-              rng: np.random.Generator) -> tuple[list, dict]:
-    """A crop window sliding a few packed pixels per frame (even offsets on the mosaic)."""
-    h, w = shape
-    vy, vx = _velocity(rng)
-    ey, ex = math.ceil(abs(vy) * (frames - 1)), math.ceil(abs(vx) * (frames - 1))
+def moving_scene(sources: list[str], shape: tuple[int, int], frames: int, rng: np.random.Generator,
+                 kind: str, max_speed: float) -> tuple[list, list, dict]:
+    """A dynamic video of one motion `kind` (batman.data.motion): its views, masks and description."""
+    parts = motion.COMPONENTS[kind]
     name = sources[rng.integers(len(sources))]
-    canvas, info = random_view(read_clean_image(name), (h + ey, w + ex), rng)
-    y0, x0 = (ey if vy < 0 else 0), (ex if vx < 0 else 0)
-    offsets = [(y0 + round(vy * t), x0 + round(vx * t)) for t in range(frames)]
-    views = [canvas[y:y + h, x:x + w] for y, x in offsets]
-    return views, {"image": _display_name(name), **info,
-                   "motion": {"kind": "pan", "velocity_px": [vy, vx], "offsets_px": offsets}}
+    camera, canvas_size = motion.draw_camera(rng, parts, shape, frames, max_speed)
+    canvas, info = random_view(read_clean_image(name), canvas_size, rng)
 
+    def texture(size: tuple[int, int]) -> tuple[np.ndarray, str]:
+        source = sources[rng.integers(len(sources))]
+        return random_view(read_clean_image(source), size, rng)[0], _display_name(source)
 
-def object_scene(sources: list[str], shape: tuple[int, int], frames: int,
-                 rng: np.random.Generator) -> tuple[list, dict]:
-    """A static background with an elliptical patch of another photo moving in a straight line."""
-    h, w = shape
-    back_name, obj_name = (sources[i] for i in rng.integers(len(sources), size=2))
-    background, info = random_view(read_clean_image(back_name), shape, rng)
-    ph, pw = max(2, h // 3), max(2, w // 3)
-    patch, _ = random_view(read_clean_image(obj_name), (ph, pw), rng)
-    yy, xx = np.mgrid[:ph, :pw]
-    inside = ((yy + 0.5 - ph / 2) / (ph / 2)) ** 2 + ((xx + 0.5 - pw / 2) / (pw / 2)) ** 2 <= 1.0
-    vy, vx = _velocity(rng)
-    travel_y, travel_x = round(abs(vy) * (frames - 1)), round(abs(vx) * (frames - 1))
-    y0 = int(rng.integers(max(1, h - ph - travel_y + 1))) + (travel_y if vy < 0 else 0)
-    x0 = int(rng.integers(max(1, w - pw - travel_x + 1))) + (travel_x if vx < 0 else 0)
-    positions = [(int(np.clip(y0 + round(vy * t), 0, h - ph)), int(np.clip(x0 + round(vx * t), 0, w - pw)))
-                 for t in range(frames)]
-    views = []
-    for y, x in positions:
-        frame = background.copy()
-        frame[y:y + ph, x:x + pw][inside] = patch[inside]
-        views.append(frame)
-    return views, {"image": _display_name(back_name), **info,
-                   "motion": {"kind": "object", "image": _display_name(obj_name), "size_px": [ph, pw],
-                              "velocity_px": [vy, vx], "positions_px": positions}}
-
-
-def _velocity(rng: np.random.Generator) -> tuple[float, float]:
-    speed, angle = rng.uniform(*SPEED_PX), rng.uniform(0, 2 * math.pi)
-    return round(speed * math.sin(angle), 3), round(speed * math.cos(angle), 3)
+    layers = motion.draw_objects(rng, parts, shape, max_speed, texture)
+    light = motion.draw_light(rng, parts, camera, shape, frames)
+    views, masks = motion.render(canvas, camera, layers, light, shape, frames)
+    return views, masks, {"image": _display_name(name), **info,
+                          "motion": motion.describe(kind, parts, camera, layers, light, max_speed)}
 
 
 def _display_name(source: str) -> str:
@@ -241,15 +216,25 @@ def write_png16(path: str | Path, rgb: np.ndarray) -> None:
         tmp.write_bytes(png)
 
 
+def write_mask_png(path: str | Path, mask: np.ndarray) -> None:
+    """(H, W) uint8 -> 8-bit grey PNG (libpng through imagecodecs), atomic and byte-reproducible."""
+    import imagecodecs
+    png = imagecodecs.png_encode(np.ascontiguousarray(mask, np.uint8), level=6)
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(png)
+
+
 def write_video(root: Path, vid: str, views: list[np.ndarray], frames: int, camera: Camera,
-                info: dict, rng: np.random.Generator) -> None:
-    """Write one video's short frames, ground truth(s), long exposure and synth.json."""
+                info: dict, rng: np.random.Generator, masks: list[np.ndarray] = ()) -> None:
+    """Write one video's short frames, ground truth(s), motion masks, long exposure and synth.json."""
     long_dir, short_dir = root / "long" / vid, root / "short" / vid
     dng = {"pattern": camera.pattern, "black": camera.black, "white": camera.white,
            "wb": tuple(camera.wb), "color_matrix": camera.xyz_to_cam}
     packed = [unprocess(view, camera.wb, camera.cam_to_srgb) for view in views]
     for i, p in enumerate(packed):
         write_png16(long_dir / f"half{i + 1:04d}.png", ground_truth(p, camera))
+    for i, mask in enumerate(masks):
+        write_mask_png(long_dir / f"mask{i + 1:04d}.png", mask)
     long_u16 = add_sensor_noise(clean_mosaic_dn(packed[0], camera, 1.0), camera.black, camera.white, None, rng)
     write_dng(long_dir / "long.dng", long_u16, exposure_s=float(camera.long_exposure), **dng)
     for t in range(frames):
@@ -286,7 +271,8 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
                images: str | Path | list | None = None, dynamic: int = 0,
                ratio: tuple[float, float] = (50.0, 300.0), noise: bool = True, cameras: str = "train",
                exclude: tuple[str, ...] = (), only: tuple[str, ...] = (), test_only: bool = False,
-               camera_file: str | Path | None = None) -> None:
+               camera_file: str | Path | None = None,
+               motion_kinds=motion.MOTION_KINDS, max_speed: float = motion.MAX_SPEED) -> None:
     """Write `videos` static and `dynamic` moving videos of `frames` (H, W) = `size` Bayer frames.
 
     cameras: `one` (one colour matrix for the whole set, like DRV's single RX100 VI), `train` (each
@@ -295,12 +281,17 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
     dynamic videos leaves the static ones unchanged. noise=False writes clean (only rounded) frames.
     test_only: every static video goes into the test list (an evaluation set, e.g. of held-out photos).
     camera_file: a `batman calibrate` JSON whose sensor (noise, CFA, levels) replaces the sampled one.
+    motion_kinds: the dynamic videos' kinds in turn ('pan,zoom' or a tuple, see batman.data.motion);
+    max_speed: their fastest motion, pixels per frame on the model's input grid (the truth's).
     """
     from tqdm import tqdm
     _check_args(videos, frames, size, seed, ratio)
     root = Path(out)
     if cameras not in CAMERA_MODES:
         raise BatmanError(f"synth: --cameras {cameras!r}: choose one of {', '.join(CAMERA_MODES)}")
+    kinds = motion.parse_kinds(motion_kinds)
+    if not 0 < max_speed <= 64:
+        raise BatmanError(f"synth: --max-speed {max_speed} must be in (0, 64] input-grid pixels per frame")
     sources = image_sources(images, exclude, only)
     calibrated = load_camera(camera_file) if camera_file else None
     shape = (size[0] // 2, size[1] // 2)  # the packed grid
@@ -312,13 +303,11 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
         rng = np.random.default_rng([seed, moving, index])
         camera = sample_camera(rng, ratio, noise, *(one_camera or sample_xyz_to_cam(rng, cameras)),
                                calibrated=calibrated)
-        if not moving:
-            views, info = static_scene(sources, shape, rng)
-        elif index % 2 == 0:
-            views, info = pan_scene(sources, shape, frames, rng)
+        if moving:
+            views, masks, info = moving_scene(sources, shape, frames, rng, kinds[index % len(kinds)], max_speed)
         else:
-            views, info = object_scene(sources, shape, frames, rng)
-        write_video(root, vid, views, frames, camera, info, rng)
+            (views, info), masks = static_scene(sources, shape, rng), ()
+        write_video(root, vid, views, frames, camera, info, rng, masks)
     for name, ids in zip(("train", "val", "test"), ([], [], static_ids) if test_only else split_ids(static_ids)):
         atomic_write_text(root / f"{name}_list.txt", "".join(f"{vid}\n" for vid in ids))
     atomic_write_text(root / "dynamic_list.txt", "".join(f"{vid}\n" for vid in dynamic_ids))

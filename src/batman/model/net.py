@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from batman.config import BatmanError, Config, ModelCfg
 from batman.data.isp import gamma_srgb
+from batman.model.align import FlowAlign, warp_state
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.encoder import Encoder
@@ -221,7 +222,9 @@ class ClipConvLSTM(nn.Module):
 class VideoNet(nn.Module):
     """Encoder + MFF on every frame (batched over B*T), a temporal module at stride 4, a head.
 
-    state = {"temporal": the temporal module's state, "head": the head's (running mean or filter) or None}.
+    state = {"temporal": the temporal module's state, "head": the head's (running mean or filter) or None};
+    with cfg.align = "flow" also "align": the previous frame's matching descriptor, and before each frame's
+    update both states are warped by the flow estimated from it (model/align.py).
     """
 
     def __init__(self, cfg: ModelCfg, in_channels: int, temporal: nn.Module, packed: bool = True):
@@ -233,15 +236,35 @@ class VideoNet(nn.Module):
         self.fusion = MFF(Encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
         self.head = HEADS[cfg.head](cfg, in_channels, packed)
+        if cfg.align not in ("none", "flow"):
+            raise BatmanError(f"unknown model.align {cfg.align!r}; choose none or flow")
+        self.align = FlowAlign(cfg.fusion) if cfg.align == "flow" else None
 
     def forward(self, x: torch.Tensor, state: dict | None = None):
         b, t, _, h, w = x.shape
         state = state or {}
         frames = pad_to_multiple(x.flatten(0, 1))
         feats = self.fusion(self.encoder(frames))
+        if self.align is not None:
+            y, state = self.aligned(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state)
+            return y[..., :h * self.scale, :w * self.scale], state
         feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
         y, head_state = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"))
         return y[..., :h * self.scale, :w * self.scale], {"temporal": temporal_state, "head": head_state}
+
+    def aligned(self, feats: torch.Tensor, frames: torch.Tensor, state: dict):
+        """Frame by frame: flow from the previous frame, warp the states onto the new frame, update."""
+        outs = []
+        for i in range(feats.shape[1]):
+            flow, previous = self.align(frames[:, i], feats[:, i], state.get("align"))
+            recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
+            if flow is not None:
+                recurrent = warp_state(recurrent, flow, tuple(feats.shape[-2:]))
+            f, temporal_state = self.temporal(feats[:, i:i + 1], recurrent["temporal"])
+            y, head_state = self.head(f, frames[:, i:i + 1], recurrent["head"])
+            state = {"temporal": temporal_state, "head": head_state, "align": previous}
+            outs.append(y)
+        return torch.cat(outs, 1), state
 
     def step(self, frame: torch.Tensor, state: dict | None = None):
         y, state = self(frame.unsqueeze(1), state)
