@@ -158,3 +158,88 @@ def test_folder_that_cannot_be_made_is_one_line(tmp_path, make):
         target, fragment = tmp_path / "ro" / "sub", "cannot create folder"
     with pytest.raises(BatmanError, match=fragment):
         files.ensure_dir(target)
+
+
+# --- 6. config values are checked, each field in one table (config.CHECKS) --------------------
+
+ISSUE_SETS = ["train.batch=0", "train.batch=True", "data.frames=0", "data.crop=-64", "data.crop=(64,)",
+              "data.crop=(64,64,64)", "data.crop=(64.5,64)", "data.bin=0", "data.clips_per_video=0", "seed=-1",
+              "model.hidden=0", "train.lr=-1", "train.bptt=-1", "train.lr=1e999", "train.lr=nan",
+              "model.kernel=4", "train.weight_decay=True", "data.motion=1.5", "train.patience=0"]
+
+
+@pytest.mark.parametrize("item", ISSUE_SETS)
+def test_bad_set_value_is_refused_in_one_line_before_training(capsys, tmp_path, item):
+    out = tmp_path / "run"
+    rc, err = run_cli(capsys, "train", "--root", tmp_path / "no-data", "--out", out, "--set", item)
+    assert_one_line_error(rc, err, f"config key {item.split('=')[0]}")
+    assert not out.exists()
+
+
+def test_every_config_field_has_a_check():
+    from batman.config import CHECKS, Config, _flatten
+    assert set(CHECKS) == set(_flatten(Config().to_dict()))
+
+
+def test_config_choices_match_the_registries():
+    from batman.config import CHECKS
+    from batman.model.encoder import NORMS
+    from batman.model.net import HEADS, MODELS
+    for key, names in (("model.name", MODELS), ("model.head", HEADS), ("model.norm", NORMS)):
+        assert all(CHECKS[key](n) is None for n in names) and CHECKS[key]("nosuch") is not None
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--fps", "-5"], "--fps"), (["--fps", "nan"], "--fps"), (["--overlap", "-8"], "--overlap"),
+    (["--frames", "-1"], "--frames"), (["--tile", "1"], "--tile"), (["--tile", "64", "--overlap", "32"], "--tile"),
+])
+def test_bad_export_option_is_one_line_before_any_work(capsys, tmp_path, args, fragment):
+    out = tmp_path / "out"
+    rc, err = run_cli(capsys, "export", "--root", tmp_path, "--model", tmp_path / "none.pt", "--out", out, *args)
+    assert_one_line_error(rc, err, fragment)
+    assert not out.exists()
+
+
+def _fuzz_values(rng: random.Random, current) -> list[str]:
+    """--set texts of the wrong type, sign, shape or size for a field whose default is `current`."""
+    numbers = ["0", "-1", "1", "-0.5", "0.5", "1e999", "-1e999", "nan", "inf", str(10**12), str(-(10**12)),
+               "2**70", "3"]
+    others = ["True", "False", "None", "''", "'abc'", "abc", "()", "(1,)", "(64, 64)", "(64, 64, 64)",
+              "(64.5, 64)", "(-64, 64)", "[1, 2]", "{'a': 1}", "(", "__import__('os')", "'\\x00'", "b'x'"]
+    if isinstance(current, str):
+        return rng.sample(numbers, 2) + rng.sample(others, 4)
+    return rng.sample(numbers, 4) + rng.sample(others, 3)
+
+
+def test_fuzz_set_runs_or_exits_2_in_one_line(capsys, tmp_path):
+    """200 random (key, value) pairs: each either passes the dry run or is refused in one line, fast."""
+    import json
+    import time
+
+    from batman.config import Config, _flatten
+    defaults = _flatten(Config().to_dict())
+    rng = random.Random(12)
+    pairs = [(key, text) for key in sorted(defaults) for text in _fuzz_values(rng, defaults[key])]
+    pairs = rng.sample(pairs, 200)
+    accepted, start = 0, time.perf_counter()
+    for key, text in pairs:
+        rc, err = run_cli(capsys, "train", "--root", tmp_path, "--dry-run", "--set", f"{key}={text}")
+        if rc == 0:
+            accepted += 1
+            continue
+        assert_one_line_error(rc, err, "config key")
+    assert time.perf_counter() - start < 30
+    assert 0 < accepted < 100, accepted  # a few values are valid; most are not
+
+
+def test_unexpected_exception_is_one_line_pointing_to_debug(capsys, monkeypatch):
+    """The fallback for bugs: one line, exit 1, the traceback only with --debug."""
+    import batman.cli as cli
+
+    def broken(args):
+        raise KeyError("boom\nsecond line")
+    monkeypatch.setattr(cli, "cmd_models", broken)  # build_parser looks the handler up when it runs
+    rc, err = run_cli(capsys, "models")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "run with --debug" in err and "KeyError" in err
+    with pytest.raises(KeyError):
+        main(["--debug", "models"])

@@ -1,7 +1,8 @@
 """The `batman` command line: each subcommand parses its arguments, builds a Config and calls one function.
 
 Heavy modules (torch, rawpy) are imported inside the handlers so that `--help` is instant.
-A BatmanError prints one line and exits with code 2; `--debug` shows the traceback.
+A BatmanError prints one line and exits with code 2; any other exception is a bug or a failure no
+check foresaw: one line too, exit code 1, with a pointer to `--debug`, which shows the traceback.
 """
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     cfg = _config(args)
+    if args.dry_run:
+        print(cfg.to_json())
+        return 0
     from batman.train import train
     train(cfg, out=args.out, resume=args.resume)
     return 0
@@ -154,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(sp, "cpu")
     sp.add_argument("--resume", default=None, help="PATH to a checkpoint, or 'auto' for OUT/last.pt")
     sp.add_argument("--out", type=Path, default=Path("trained_model"))
+    sp.add_argument("--dry-run", action="store_true", help="check the config, print it and stop")
 
     sp = add("evaluate", cmd_evaluate, "PSNR/SSIM/MABD of a checkpoint and the baselines")
     sp.add_argument("--root", required=True, type=Path)
@@ -204,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"error: unexpected {type(e).__name__}: {reason} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from batman.config import BatmanError, Config
+from batman.config import BatmanError, Config, check_options
 from batman.files import atomic_path, atomic_write_text
 from batman.metrics import MABD, mabd_error, psnr, ssim
 
@@ -115,6 +115,7 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     from batman.data.drv import load_split
     from batman.export import Enhancer
 
+    check_options("evaluate", frames=frames)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     paths = [Path(model) if model else best_checkpoint()] + [Path(p) for p in baselines]
     enhancers, cfg = {}, None

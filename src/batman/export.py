@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from batman.config import BatmanError, Config
+from batman.config import BatmanError, Config, check_options
 
 _DONE = object()
 
@@ -200,6 +200,7 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
     from batman.ckpt import load_model
     from batman.data.cache import find_cache
 
+    check_options("export", fps=fps, frames=frames, tile=tile, overlap=overlap)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, cfg = load_model(model, device)
     out = Path(out)

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from batman.config import BatmanError
+from batman.config import BatmanError, check_options
 from batman.data import drv
 from batman.data.raw import read_header
 from batman.files import atomic_path, atomic_write_text, format_bytes, free_bytes
@@ -321,6 +321,7 @@ def prepare(root: str | Path, cache: str | Path | None = None, workers: int = 0,
     bad and left out of the data set.
     """
     from tqdm import tqdm
+    check_options("prepare", workers=workers)
     root = Path(root)
     folder = Path(cache) if cache else root / "cache"
     workers = workers or os.cpu_count() or 1
