@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,11 +32,16 @@ def tree_hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def without_progress(text: str) -> str:
+    """stderr without tqdm's progress lines ('... 1/3 [00:01<00:03, 1.87s/frame]')."""
+    return "\n".join(line for line in text.splitlines() if not re.search(r"/s\]|s/\w+\]", line))
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
-    """main(argv) in this process: (exit code, stderr)."""
+    """main(argv) in this process: (exit code, stderr without progress bars)."""
     capsys.readouterr()
     rc = main([str(a) for a in argv])
-    return rc, capsys.readouterr().err
+    return rc, without_progress(capsys.readouterr().err)
 
 
 def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
@@ -53,9 +60,23 @@ def run_python(code: str, *args, fsize: int | None = None, timeout: float = 120)
         if fsize is not None:
             import resource
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "TQDM_DISABLE": "1"}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, preexec_fn=limit, env=env)
+
+
+@contextmanager
+def file_size_limit(limit: int):
+    """RLIMIT_FSIZE for this process (and the children it starts) inside the block. Python ignores
+    SIGXFSZ, so a write past the limit fails with EFBIG instead of killing the test run."""
+    import resource
+    assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def dead_pid() -> int:
@@ -243,3 +264,132 @@ def test_unexpected_exception_is_one_line_pointing_to_debug(capsys, monkeypatch)
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "run with --debug" in err and "KeyError" in err
     with pytest.raises(KeyError):
         main(["--debug", "models"])
+
+
+# --- 1-3. export: ids are plain names, outputs atomic, write failures reported -----------------
+
+class TinyNet:
+    """A stand-in for a trained network with export's interface: step(frame, state) -> (rgb, state)."""
+
+    def eval(self):
+        return self
+
+    def step(self, frame, state):
+        rgb = frame[:, :3] * 0.5 + (0 if state is None else 0.5 * state)
+        return rgb, rgb
+
+
+@pytest.fixture(scope="module")
+def export_data(tmp_path_factory):
+    """A one-video DRV tree (3 frames, test split) and an untrained checkpoint of a small model."""
+    import torch
+
+    from batman import ckpt
+    from batman.config import make_config
+    from batman.model.net import model_for
+    from conftest import build_drv
+    base = tmp_path_factory.mktemp("export")
+    root = build_drv(base / "drv", ids=("0001",), frames=3, size=(128, 192), lists={"test": ["0001"]})
+    cfg = make_config("demo", {"model.hidden": 8, "model.fusion": 8})
+    torch.manual_seed(0)
+    ckpt.save_checkpoint(base / "m.pt", {"model": model_for(cfg).state_dict(), "config": cfg.to_json()})
+    return root, base / "m.pt"
+
+
+def export_one(root, out, frames: int = 0, cache=None):
+    """export_video of video 0001 with TinyNet (no ResNet: these tests are about files, not pixels)."""
+    from batman.config import make_config
+    from batman.data.drv import load_split
+    from batman.export import export_video
+    cfg = make_config("demo")
+    video = load_split(root, "test", cache=cache)[0]
+    return export_video(TinyNet(), cfg, video, Path(out), frames=frames, side_by_side=True, cache=cache)
+
+
+@pytest.mark.parametrize("bad_id", ["{victim}", "../victim", "..", "a/../../victim"])
+def test_split_list_id_outside_the_root_is_refused_naming_the_line(capsys, export_data, tmp_path, bad_id):
+    """Defect 1: an absolute path in a list made export read that folder and overwrite files in it."""
+    import shutil
+    root, model = export_data
+    data = tmp_path / "data" / "drv"
+    shutil.copytree(root, data)
+    victim = tmp_path / "victim"
+    shutil.copytree(root / "short" / "0001", victim)
+    (victim / "0001.png").write_bytes(b"the user's own picture")
+    (data / "test_list.txt").write_text("0001\n" + bad_id.format(victim=victim) + "\n")
+    before = tree_hashes(tmp_path)
+    out = tmp_path / "out"
+    rc, err = run_cli(capsys, "export", "--root", data, "--model", model, "--out", out)
+    assert_one_line_error(rc, err, f"{data / 'test_list.txt'} line 2", "not a plain name")
+    assert tree_hashes(tmp_path) == before and not out.exists() and not (tmp_path / "victim.mp4").exists()
+    rc, err = run_cli(capsys, "evaluate", "--root", data, "--model", model, "--out", out)
+    assert_one_line_error(rc, err, "line 2")
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate"])
+def test_videos_argument_must_be_a_plain_name(capsys, export_data, tmp_path, command):
+    root, model = export_data
+    rc, err = run_cli(capsys, command, "--root", root, "--model", model, "--out", tmp_path / "out",
+                      "--videos", str(tmp_path / "elsewhere"))
+    assert_one_line_error(rc, err, "--videos", "not a plain name")
+    assert not (tmp_path / "out").exists()
+
+
+def test_input_folder_without_a_plain_name_is_refused(capsys, export_data, tmp_path, monkeypatch):
+    """`--input .` has no name of its own: its outputs would land at OUT/video/.mp4 and OUT/frames/."""
+    root, model = export_data
+    monkeypatch.chdir(root / "short" / "0001")
+    rc, err = run_cli(capsys, "export", "--input", ".", "--model", model, "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, "--input", "not a plain name")
+
+
+def test_failed_export_keeps_the_earlier_one_and_leaves_no_temp(export_data, tmp_path):
+    """Defect 2: a frame failing mid-video left a shorter playable mp4 over a complete earlier export."""
+    import shutil
+
+    from batman.data.cache import prepare
+    root = tmp_path / "drv"
+    shutil.copytree(export_data[0], root)
+    out = tmp_path / "out"
+    export_one(root, out)
+    before = tree_hashes(out)
+    assert len(before) == 3 + 2  # three PNGs, the mp4 and the side-by-side mp4
+    cache = prepare(root, workers=1)
+    broken = next(cache.rglob("00002.ARW.npy"))
+    broken.write_bytes(broken.read_bytes()[:100])  # frame 2 of 3 no longer decodes
+    with pytest.raises(BatmanError, match="00002"):
+        export_one(root, out, cache=cache)
+    assert tree_hashes(out) == before  # the earlier export untouched, no temp file or folder left
+    shutil.rmtree(cache)
+    export_one(root, out, frames=2)
+    assert sorted(p.name for p in (out / "frames" / "0001").iterdir()) == ["0001.png", "0002.png"]
+
+
+def test_ffmpeg_killed_by_a_file_size_limit_is_an_error_not_a_short_video(tmp_path):
+    """Defect 3: the encoder's exit status was ignored; a 4096-byte unreadable mp4 looked finished."""
+    import numpy as np
+
+    from batman.export import VideoSink
+    sink = VideoSink(tmp_path / "v.mp4", 20.0)
+    rng = np.random.default_rng(0)
+    with file_size_limit(4096), pytest.raises(BatmanError, match=r"ffmpeg failed, killed by SIGXFSZ \(file-size"):
+        for _ in range(10):
+            sink.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        sink.close()
+
+
+def test_export_under_a_file_size_limit_exits_2_with_nothing_at_the_final_names(capsys, export_data, tmp_path):
+    root, model = export_data
+    out = tmp_path / "out"
+    with file_size_limit(2048):
+        rc, err = run_cli(capsys, "export", "--root", root, "--model", model, "--out", out)
+    assert_one_line_error(rc, err, "cannot write", "File too large")
+    assert "wrote" not in capsys.readouterr().out
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_out_naming_a_file_is_one_line(capsys, export_data, tmp_path):
+    root, model = export_data
+    (tmp_path / "out").write_text("not a folder")
+    rc, err = run_cli(capsys, "export", "--root", root, "--model", model, "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, "is a file, not a folder")

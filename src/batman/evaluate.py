@@ -112,10 +112,12 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     """Evaluate checkpoint `model` (default: best in trained_model/) and `baselines` on a split."""
     from batman.ckpt import best_checkpoint, load_model
     from batman.data.cache import find_cache
-    from batman.data.drv import load_split
+    from batman.data.drv import check_video_id, load_split
     from batman.export import Enhancer
 
     check_options("evaluate", frames=frames)
+    for video_id in videos or ():
+        check_video_id(video_id, "--videos")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     paths = [Path(model) if model else best_checkpoint()] + [Path(p) for p in baselines]
     enhancers, cfg = {}, None
