@@ -7,6 +7,7 @@ past the limit fails with EFBIG; ffmpeg, started with default signals, is killed
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -393,3 +394,67 @@ def test_out_naming_a_file_is_one_line(capsys, export_data, tmp_path):
     (tmp_path / "out").write_text("not a folder")
     rc, err = run_cli(capsys, "export", "--root", root, "--model", model, "--out", tmp_path / "out")
     assert_one_line_error(rc, err, "is a file, not a folder")
+
+
+# --- 4. prepare: a lock on the cache, only its own dead temps removed, write failures ------------
+
+def test_prepare_keeps_user_files_and_live_writers_temps(make_drv):
+    """Defect 4: prepare deleted every hidden .*.tmp* under the cache, user files included."""
+    from batman.data.cache import prepare
+    root = make_drv(ids=("0001",), frames=2, size=(64, 96))
+    video_dir = root / "cache" / "short" / "0001"
+    video_dir.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        keep = [root / "cache" / ".notes.tmp", root / "cache" / ".draft.tmp.txt", video_dir / ".mine.tmp",
+                video_dir / f".00001.ARW.npy.{sleeper.pid}.abcdefgh.tmp.npy"]  # another prepare's, live
+        stale = video_dir / f".00002.ARW.npy.{dead_pid()}.abcdefgh.tmp.npy"
+        for p in [*keep, stale]:
+            p.write_bytes(b"x")
+        prepare(root, workers=1)
+        assert all(p.read_bytes() == b"x" for p in keep) and not stale.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_second_prepare_on_a_busy_cache_is_refused(make_drv, capsys):
+    root = make_drv(ids=("0001",), frames=2, size=(64, 96))
+    cache = root / "cache"
+    with files.exclusive(cache / ".prepare.lock", "held by the first prepare"):
+        before = tree_hashes(root)
+        rc, err = run_cli(capsys, "prepare", "--root", root, "--workers", "1")
+        assert_one_line_error(rc, err, "another `batman prepare` is writing this cache")
+        assert tree_hashes(root) == before
+
+
+def test_prepare_under_a_file_size_limit_is_one_line_with_no_partial_npy(make_drv, capsys):
+    root = make_drv(ids=("0001",), frames=2, size=(64, 96))
+    with file_size_limit(1024):  # each .npy is 3 KB
+        rc, err = run_cli(capsys, "prepare", "--root", root, "--workers", "1")
+    assert_one_line_error(rc, err, "cannot write", "File too large")
+    assert not list((root / "cache").rglob("*.npy")) and not list((root / "cache").rglob(".*.tmp*"))
+    manifest = root / "cache" / "manifest.json"  # a manifest of no frames is consistent (a rerun resumes)
+    assert not manifest.exists() or json.loads(manifest.read_text())["frames"] == {}
+
+
+def test_cache_manifest_cannot_point_outside_the_cache(make_drv, tmp_path):
+    from batman.config import DataCfg
+    from batman.data import drv
+    from batman.data.cache import prepare
+    from batman.data.dataset import iter_frames
+    root = make_drv(ids=("0001",), frames=2, size=(64, 96))
+    cache = prepare(root, workers=1)
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes((cache / "short" / "0001" / "00001.ARW.npy").read_bytes())
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["frames"]["short/0001/00001.ARW"]["npy"] = str(outside)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    video = drv.load_split(root, "train", cache=cache)[0]
+    with pytest.raises(BatmanError, match="a path outside the cache"):
+        next(iter_frames(video, DataCfg(), cache))
+    before = outside.read_bytes()
+    prepare(root, workers=1)  # decodes the frame again, into the cache
+    assert outside.read_bytes() == before
+    assert json.loads((cache / "manifest.json").read_text())["frames"]["short/0001/00001.ARW"]["npy"] == \
+        "short/0001/00001.ARW.npy"
