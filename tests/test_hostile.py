@@ -458,3 +458,168 @@ def test_cache_manifest_cannot_point_outside_the_cache(make_drv, tmp_path):
     assert outside.read_bytes() == before
     assert json.loads((cache / "manifest.json").read_text())["frames"]["short/0001/00001.ARW"]["npy"] == \
         "short/0001/00001.ARW.npy"
+
+
+# --- 5. diverged training: weights checked before every save, never saved or used non-finite -----
+
+TINY = {"data.crop": (32, 32), "data.frames": 4, "data.clips_per_video": 2, "model.hidden": 16,
+        "model.fusion": 16, "train.steps_per_epoch": 2, "train.val_clips": 2, "train.lr": 1e-3,
+        "train.threads": 1, "train.epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    from batman.data.synth import synthesize
+    root = tmp_path_factory.mktemp("syn")
+    synthesize(root, videos=5, frames=6, size=(128, 192), seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(syn, tmp_path_factory) -> Path:
+    """A run folder after one good epoch: last.pt and epoch_1_loss_*.pt."""
+    from batman.config import make_config
+    from batman.train import train
+    out = tmp_path_factory.mktemp("trained")
+    train(make_config("demo", {"data.root": str(syn), **TINY}), out=out)
+    return out
+
+
+def poison_after_first_step(monkeypatch):
+    """A training step whose loss is finite but whose update leaves a NaN in the weights: what a
+    huge learning rate does on the last step of an epoch (the loss was computed before the update)."""
+    import torch
+
+    from batman import train as train_mod
+    real = train_mod.train_step
+
+    def step(model, *args, **kwargs):
+        loss = real(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return loss
+    monkeypatch.setattr(train_mod, "train_step", step)
+
+
+def test_diverged_weights_are_never_saved_and_the_message_is_true(syn, tmp_path, monkeypatch):
+    """Defect 5: a finite last loss let 12 M NaN weights into last.pt, exit 0."""
+    from batman.config import make_config
+    from batman.train import train
+    stale = tmp_path / f".epoch_9_loss_0.1000.pt.{dead_pid()}.abcdefgh.tmp"  # a killed save's leftover
+    stale.write_bytes(b"x" * 1000)
+    poison_after_first_step(monkeypatch)
+    with pytest.raises(BatmanError, match=f"weights became non-finite .* {tmp_path} holds no good checkpoint"):
+        train(make_config("demo", {"data.root": str(syn), **TINY, "train.steps_per_epoch": 1}), out=tmp_path)
+    assert not list(tmp_path.glob("*.pt")) and not stale.exists()
+
+
+def test_divergence_after_a_good_epoch_names_that_checkpoint(syn, trained, tmp_path, monkeypatch):
+    import shutil
+
+    from batman import ckpt
+    from batman.config import make_config
+    from batman.train import train
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    before = {name: h for name, h in tree_hashes(out).items() if name.endswith(".pt")}
+    poison_after_first_step(monkeypatch)
+    with pytest.raises(BatmanError, match=f"the last good checkpoint is {out / ckpt.LAST} \\(epoch 1\\)"):
+        train(make_config("demo", {"data.root": str(syn), **TINY, "train.epochs": 2}), out=out, resume="auto")
+    assert {name: h for name, h in tree_hashes(out).items() if name.endswith(".pt")} == before
+
+
+def nan_copy(src: Path, dst: Path) -> None:
+    """A checkpoint whose weights are NaN, saved the way an older batman did (torch.save, no check)."""
+    import torch
+    state = torch.load(src, weights_only=True)
+    for value in state["model"].values():
+        if value.is_floating_point():
+            value.fill_(float("nan"))
+    torch.save(state, dst)
+
+
+@pytest.mark.parametrize("damage", ["nan", "empty"])
+def test_resume_auto_skips_a_nan_or_empty_last_for_the_newest_good_epoch(syn, trained, tmp_path, capsys, damage):
+    """Defects 5 and 7: resume took a NaN last.pt; a zero-byte one raised IndexError in the handler."""
+    import shutil
+
+    from batman import ckpt
+    from batman.config import make_config
+    from batman.train import train
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    if damage == "nan":
+        nan_copy(out / ckpt.LAST, out / ckpt.LAST)
+    else:
+        (out / ckpt.LAST).write_bytes(b"")
+    result = train(make_config("demo", {"data.root": str(syn), **TINY, "train.epochs": 2}), out=out,
+                   resume="auto")
+    captured = capsys.readouterr()
+    assert result["epochs"] == 2 and "resumed from" in captured.err + captured.out
+    assert ("non-finite weights" if damage == "nan" else "corrupt") in captured.err + captured.out
+    assert ckpt.non_finite(ckpt.load_checkpoint(out / ckpt.LAST)["model"]) is None
+
+
+def test_export_of_a_nan_checkpoint_is_refused(capsys, trained, export_data, tmp_path):
+    """Defect 5: export of NaN weights wrote black frames with exit code 0."""
+    nan_copy(trained / "last.pt", tmp_path / "nan.pt")
+    rc, err = run_cli(capsys, "export", "--root", export_data[0], "--model", tmp_path / "nan.pt",
+                      "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, "non-finite weights")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_out_naming_a_file_is_one_line(capsys, syn, tmp_path):
+    (tmp_path / "out").write_text("a file")
+    rc, err = run_cli(capsys, "train", "--root", syn, "--out", tmp_path / "out", "--preset", "demo")
+    assert_one_line_error(rc, err, "is a file, not a folder")
+
+
+# --- 7. checkpoints: empty files, moved ImageNet weights, save failures ---------------------------
+
+def test_zero_byte_checkpoint_is_a_one_line_error(tmp_path):
+    from batman import ckpt
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(BatmanError, match="is corrupt or not a batman checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_checkpoint_outlives_its_imagenet_file(tmp_path):
+    """The ImageNet file only initialises a model: export must not need it once trained."""
+    import torch
+    from torchvision.models import resnet18
+
+    from batman import ckpt
+    from batman.config import make_config
+    from batman.model.net import model_for
+    weights = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), weights)
+    cfg = make_config("demo", {"model.hidden": 8, "model.fusion": 8, "model.encoder_weights": str(weights)})
+    model = model_for(cfg)
+    ckpt.save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": cfg.to_json()})
+    weights.unlink()
+    loaded, loaded_cfg = ckpt.load_model(tmp_path / "m.pt")
+    assert loaded_cfg == cfg
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    ckpt.check_same_model(tmp_path / "m.pt", cfg, make_config("demo", {"model.hidden": 8, "model.fusion": 8}))
+
+
+def test_checkpoint_save_past_a_file_size_limit_keeps_the_earlier_one(tmp_path):
+    import torch
+
+    from batman import ckpt
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, {"model": {"w": torch.ones(10)}, "config": "{}"})
+    before = path.read_bytes()
+    with file_size_limit(64 * 1024), pytest.raises(BatmanError, match=f"cannot write {path} \\(File too large"):
+        ckpt.save_checkpoint(path, {"model": {"w": torch.ones(100_000)}, "config": "{}"})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    import torch
+
+    from batman import ckpt
+    with pytest.raises(BatmanError, match="refusing to save .* not finite \\(w\\)"):
+        ckpt.save_checkpoint(tmp_path / "x.pt", {"model": {"w": torch.tensor([1.0, float("inf")])}, "config": "{}"})
+    assert list(tmp_path.iterdir()) == []
