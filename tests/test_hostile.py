@@ -623,3 +623,74 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with pytest.raises(BatmanError, match="refusing to save .* not finite \\(w\\)"):
         ckpt.save_checkpoint(tmp_path / "x.pt", {"model": {"w": torch.tensor([1.0, float("inf")])}, "config": "{}"})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 7. raw files: huge frames, folders named like raws, hostile camera strings ------------------
+
+def sparse_huge_dng(path: Path, side: int = 30000) -> Path:
+    """A DNG whose header declares side x side pixels; the pixel data is a hole in a sparse file
+    (1.8 GB long, a few KB on disk)."""
+    import numpy as np
+    import tifffile
+
+    from batman.data.raw import write_dng
+    write_dng(path, np.full((64, 96), 100, np.uint16), "RGGB", 64, 4095, 0.01)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        where = {name: page.tags[name].valueoffset for name in
+                 ("ImageWidth", "ImageLength", "RowsPerStrip", "StripByteCounts")}
+        data_at = page.dataoffsets[0]
+    data = bytearray(path.read_bytes())
+    for name, value in (("ImageWidth", side), ("ImageLength", side), ("RowsPerStrip", side),
+                        ("StripByteCounts", side * side * 2)):
+        data[where[name]:where[name] + 4] = value.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    os.truncate(path, data_at + side * side * 2)
+    return path
+
+
+def test_frame_too_large_for_memory_is_refused_from_its_size(capsys, tmp_path, monkeypatch):
+    """A 30000x30000 DNG: inspect decoded it (3.5 GB) and a larger one was a MemoryError traceback."""
+    import time
+
+    from batman.data import raw
+    path = sparse_huge_dng(tmp_path / "huge.dng")
+    monkeypatch.setattr(raw, "available_memory_bytes", lambda: 1 << 30)
+    start = time.perf_counter()
+    rc, err = run_cli(capsys, "inspect", path)
+    assert_one_line_error(rc, err, "30000x30000", "needs about 1.7 GB, only 1.0 GB")
+    for read in (raw.read_raw, raw.read_header):
+        with pytest.raises(BatmanError, match="30000x30000: decoding needs about"):
+            read(path)
+    assert time.perf_counter() - start < 5  # refused from the header: nothing was unpacked
+
+
+def test_read_raw_counts_its_own_copies(monkeypatch):
+    """read_raw also copies and packs the visible pixels: a frame whose raw buffer fits can still be too much."""
+    from batman.data import raw
+    from conftest import fixture_path
+    path = fixture_path("canon_550d_colorchart.dng")  # raw buffer 4.3 MiB, with the copies 15.7 MiB
+    monkeypatch.setattr(raw, "available_memory_bytes", lambda: 10 << 20)
+    assert raw.read_info(path)["width"] == 1734
+    with pytest.raises(BatmanError, match="1734x1156: decoding needs about 15.7 MB, only 10.0 MB"):
+        raw.read_raw(path)
+
+
+def test_folder_named_like_a_raw_is_not_no_such_file(capsys, tmp_path):
+    (tmp_path / "x.dng").mkdir()
+    rc, err = run_cli(capsys, "inspect", tmp_path / "x.dng")
+    assert_one_line_error(rc, err, f"cannot read raw: {tmp_path / 'x.dng'} (a folder, not a raw file)")
+
+
+def test_camera_strings_are_printed_sanitised(capsys, tmp_path):
+    import numpy as np
+
+    from batman.data.raw import write_dng
+    path = tmp_path / "evil.dng"
+    write_dng(path, np.full((64, 96), 100, np.uint16), "RGGB", 64, 4095, 0.01, make="Evil\x1b[2J\x1b]0;pwned\x07",
+              model="Cam\nerror: fake line" + "x" * 500)
+    capsys.readouterr()
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and "\x1b" not in out and "\x07" not in out and len(out) < 400
+    assert "Evil?[2J?]0;pwned?" in out

@@ -32,9 +32,9 @@ def _config(args):
 # --- handlers -------------------------------------------------------------------------------
 
 def cmd_inspect(args) -> int:
-    from batman.data.raw import raw_info, read_raw
+    from batman.data.raw import raw_info, read_info, read_raw
     for path in args.files:
-        info = raw_info(read_raw(path))
+        info = raw_info(read_raw(path)) if args.check else read_info(path)
         if args.json:
             print(json.dumps(info))
         else:
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("inspect", cmd_inspect, "print the Bayer pattern, levels, size and exposure of raw files")
     sp.add_argument("files", nargs="+", type=Path)
     sp.add_argument("--json", action="store_true", help="one JSON object per file")
+    sp.add_argument("--check", action="store_true", help="also decode the pixels (finds truncated files)")
 
     sp = add("synth", cmd_synth, "write a synthetic dark raw video data set in the DRV layout")
     sp.add_argument("--out", required=True, type=Path)
