@@ -694,3 +694,61 @@ def test_camera_strings_are_printed_sanitised(capsys, tmp_path):
     out = capsys.readouterr().out
     assert len(out.splitlines()) == 1 and "\x1b" not in out and "\x07" not in out and len(out) < 400
     assert "Evil?[2J?]0;pwned?" in out
+
+
+# --- 7. download: zip bombs, a root that cannot be written -----------------------------------------
+
+def test_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    """A 2 GB member in a 2 MB archive was extracted until the disk filled; 20 MB in 20 KB here."""
+    import io
+    import zipfile
+
+    from batman.data import download as dl
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("long/0001/half0001.png", b"\0" * (20 << 20))
+    archive = tmp_path / ".download" / "long.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(buf.getvalue())
+    assert archive.stat().st_size < 100_000
+    with pytest.raises(BatmanError, match="declares 20.0 MB from .* compressed .*a zip bomb"):
+        dl.extract(archive, tmp_path, "long")
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # the archive removed, nothing extracted
+
+
+def test_member_longer_than_declared_stops_at_the_declared_size(tmp_path, monkeypatch):
+    """A member whose data runs past its declared size is refused as soon as it does."""
+    import io
+    import zipfile
+
+    from batman.data import download as dl
+    data = random.Random(0).randbytes(300_000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("long/0001/half0001.png", data)
+    archive = tmp_path / "long.zip"
+    archive.write_bytes(buf.getvalue())
+    real_open = zipfile.ZipFile.open
+
+    def lying_open(self, info, *args, **kwargs):  # the declared size says 100 KB, the stream gives 300 KB
+        stream = real_open(self, info, *args, **kwargs)
+        info.file_size = 100_000
+        return stream
+    monkeypatch.setattr(zipfile.ZipFile, "open", lying_open)
+    monkeypatch.setattr(dl, "CHUNK_BYTES", 64 * 1024)
+    with pytest.raises(BatmanError, match="holds more than its declared 100000 bytes"):
+        dl.extract(archive, tmp_path / "root", "long")
+    assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []
+
+
+def test_download_into_a_root_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypatch):
+    root = tmp_path / "drv"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # a read-only root (tests run as root, where chmod does not bite)
+        if self == root or root in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    rc, err = run_cli(capsys, "download", "--root", root, "--parts", "long", "--url-base", "http://127.0.0.1:9/DRV")
+    assert_one_line_error(rc, err, f"cannot create folder {root / '.download'}", "Permission denied")
