@@ -752,3 +752,25 @@ def test_download_into_a_root_that_cannot_be_written_is_one_line(capsys, tmp_pat
     monkeypatch.setattr(Path, "mkdir", mkdir)
     rc, err = run_cli(capsys, "download", "--root", root, "--parts", "long", "--url-base", "http://127.0.0.1:9/DRV")
     assert_one_line_error(rc, err, f"cannot create folder {root / '.download'}", "Permission denied")
+
+
+def test_evaluate_out_naming_a_file_is_one_line_before_the_work(capsys, export_data, tmp_path, monkeypatch):
+    from batman import evaluate as evaluate_mod
+    root, model = export_data
+    (tmp_path / "out").write_text("not a folder")
+    monkeypatch.setattr(evaluate_mod, "evaluate_video", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    rc, err = run_cli(capsys, "evaluate", "--root", root, "--model", model, "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, "is a file, not a folder")
+
+
+def test_a_killed_exports_temps_go_with_the_next_export(export_data, tmp_path):
+    out = tmp_path / "out"
+    dead = dead_pid()
+    leftovers = [out / "video" / f".0001.mp4.{dead}.abcdefgh.tmp.mp4", out / "frames" / f".0001.{dead}.abcdefgh.tmp"]
+    leftovers[0].parent.mkdir(parents=True)
+    leftovers[0].write_bytes(b"x" * 1000)
+    (leftovers[1] / "0001.png").parent.mkdir(parents=True)
+    (leftovers[1] / "0001.png").write_bytes(b"x")
+    export_one(export_data[0], out)
+    assert not any(p.exists() for p in leftovers)
+    assert sorted(p.name for p in (out / "video").iterdir()) == ["0001.mp4", "0001_side_by_side.mp4"]

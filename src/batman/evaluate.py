@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from batman.config import BatmanError, Config, check_options
-from batman.files import atomic_path, atomic_write_text
+from batman.files import atomic_path, atomic_write_text, ensure_dir
 from batman.metrics import MABD, mabd_error, psnr, ssim
 
 TRADITIONAL, TEMPORAL_MEAN = "traditional", "temporal mean"
@@ -118,6 +118,7 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     check_options("evaluate", frames=frames)
     for video_id in videos or ():
         check_video_id(video_id, "--videos")
+    ensure_dir(out)  # before the work: an --out naming a file would fail only at the end
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     paths = [Path(model) if model else best_checkpoint()] + [Path(p) for p in baselines]
     enhancers, cfg = {}, None
@@ -164,7 +165,7 @@ def markdown_table(report: dict) -> str:
 
 def write_report(out: Path, report: dict) -> None:
     """metrics.json, metrics.csv (one row per video and method), metrics.md and metrics.png."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
