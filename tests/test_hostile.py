@@ -24,7 +24,7 @@ from batman import files
 from batman.cli import main
 from batman.config import BatmanError
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(files.__file__).resolve().parents[1])  # the batman under test, for subprocesses
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:

@@ -157,6 +157,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def write_png(path: Path, image_u8: np.ndarray) -> None:
+    """Encode in memory, write plainly: a failed write (full disk, file-size limit) is one OSError,
+    where imageio's plugin would raise it twice (once more from its destructor)."""
+    import imageio.v3 as iio
+    path.write_bytes(iio.imwrite("<bytes>", image_u8, extension=".png"))
+
+
 def even_size(image: np.ndarray) -> np.ndarray:
     """H.264 in yuv420p needs even sides: repeat the last row/column where needed."""
     h, w = image.shape[:2]
@@ -296,8 +303,6 @@ def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int
 def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Path, sinks: list[VideoSink],
                   cache) -> None:
     """Decode, enhance and write n frames; on any error ffmpeg is stopped and the error raised."""
-    import imageio.v3 as iio
-
     from batman.data.dataset import iter_frames, load_targets
     from batman.evaluate import baseline_isp
 
@@ -309,9 +314,7 @@ def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Pat
         inputs = prefetch(zip(range(n), iter_frames(video, cfg.data, cache)))
         for i, frame in tqdm(inputs, total=n, desc=f"export {video.id}", unit="frame", leave=False):
             y = to_uint8(enhancer(frame))
-            png = iio.imwrite("<bytes>", y, extension=".png")  # encoded here, written plainly: a failed
-            writer.submit(lambda png=png, y=y, i=i: ((frame_dir / f"{i + 1:04d}.png").write_bytes(png),  # write
-                                                     main.write(y)))  # is one OSError, not a plugin's mess
+            writer.submit(lambda y=y, i=i: (write_png(frame_dir / f"{i + 1:04d}.png", y), main.write(y)))
             if side:
                 panels = [to_uint8(isp.process(frame, cfg.model.scale)), y]
                 target = next(targets, None)

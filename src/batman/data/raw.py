@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from batman.config import BatmanError
+from batman.files import format_bytes
 
 CANONICAL = ("R", "G1", "G2", "B")
 
@@ -133,7 +134,6 @@ def _check_memory(path: Path, rp, pixels: bool = True) -> None:
     need = decode_bytes(rp.sizes.raw_height, rp.sizes.raw_width, rp.sizes.height, rp.sizes.width, pixels)
     have = available_memory_bytes()
     if have is not None and need > have:
-        from batman.files import format_bytes
         raise BatmanError(f"cannot read raw: {path} ({rp.sizes.width}x{rp.sizes.height}: decoding needs about "
                           f"{format_bytes(need)}, only {format_bytes(have)} of memory is available)")
 
@@ -217,8 +217,8 @@ def _camera_matrix(rp) -> np.ndarray | None:
 
 
 def _levels(rp, path: Path) -> dict:
-    """The header facts of an open rawpy file (nothing decoded): pattern, per-channel black in
-    canonical order, white, white balance, exposure, visible size. A non-Bayer file is refused."""
+    """The facts of an open rawpy file, no pixel copied: pattern, per-channel black in canonical
+    order, white, white balance, exposure, visible size. A non-Bayer file is refused."""
     problem = _bayer_problem(rp)
     if problem:
         raise BatmanError(f"not a Bayer raw: {path} ({problem})")
