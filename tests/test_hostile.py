@@ -307,8 +307,16 @@ def export_one(root, out, frames: int = 0, cache=None):
     return export_video(TinyNet(), cfg, video, Path(out), frames=frames, side_by_side=True, cache=cache)
 
 
-@pytest.mark.parametrize("bad_id", ["{victim}", "../victim", "..", "a/../../victim"])
-def test_split_list_id_outside_the_root_is_refused_naming_the_line(capsys, export_data, tmp_path, bad_id):
+@pytest.mark.parametrize("bad_id", ["/abs/victim", "../victim", "..", ".", "a/../../victim", "a\\b", "C:victim"])
+def test_split_list_id_that_is_not_a_plain_name_is_refused_naming_the_line(tmp_path, bad_id):
+    from batman.data import drv
+    (tmp_path / "test_list.txt").write_text("# ids\n0001\n" + bad_id + "  # hostile\n")
+    with pytest.raises(BatmanError, match=re.escape(f"{tmp_path / 'test_list.txt'} line 3: video id {bad_id!r} "
+                                                    f"is not a plain name")):
+        drv.load_split(tmp_path, "test")
+
+
+def test_absolute_id_in_a_list_touches_nothing_outside_out(capsys, export_data, tmp_path):
     """Defect 1: an absolute path in a list made export read that folder and overwrite files in it."""
     import shutil
     root, model = export_data
@@ -317,7 +325,7 @@ def test_split_list_id_outside_the_root_is_refused_naming_the_line(capsys, expor
     victim = tmp_path / "victim"
     shutil.copytree(root / "short" / "0001", victim)
     (victim / "0001.png").write_bytes(b"the user's own picture")
-    (data / "test_list.txt").write_text("0001\n" + bad_id.format(victim=victim) + "\n")
+    (data / "test_list.txt").write_text(f"0001\n{victim}\n")
     before = tree_hashes(tmp_path)
     out = tmp_path / "out"
     rc, err = run_cli(capsys, "export", "--root", data, "--model", model, "--out", out)
@@ -325,6 +333,7 @@ def test_split_list_id_outside_the_root_is_refused_naming_the_line(capsys, expor
     assert tree_hashes(tmp_path) == before and not out.exists() and not (tmp_path / "victim.mp4").exists()
     rc, err = run_cli(capsys, "evaluate", "--root", data, "--model", model, "--out", out)
     assert_one_line_error(rc, err, "line 2")
+    assert tree_hashes(tmp_path) == before
 
 
 @pytest.mark.parametrize("command", ["export", "evaluate"])

@@ -203,8 +203,11 @@ def _odd(lo: int, hi: int) -> Check:
     return check
 
 
-def _real(lo: float, hi: float, above_lo: bool = False) -> Check:
-    bound = f"above {lo:g}, up to {hi:g}" if above_lo else f"from {lo:g} to {hi:g}"
+def _real(lo: float, hi: float = math.inf, above_lo: bool = False) -> Check:
+    if hi < math.inf:
+        bound = f"above {lo:g}, up to {hi:g}" if above_lo else f"from {lo:g} to {hi:g}"
+    else:
+        bound = f"above {lo:g}" if above_lo else f"of {lo:g} or more"
 
     def check(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
@@ -253,11 +256,11 @@ CHECKS: dict[str, Check] = {
     "model.norm": _choice("batch", "group", "frozen"), "model.head": _choice("recursive", "skip", "shuffle"),
     "model.head_width": _int(1, 1024), "model.scale": _int(1, 2), "model.mean_input": _flag,
     "model.encoder_weights": _text, "model.checkpointing": _flag,
-    "train.lr": _real(0, 10), "train.weight_decay": _real(0, 100), "train.batch": _int(1, 4096),
+    "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6), "train.bptt": _int(0, 10_000),
     "train.patience": _int(1, 1_000_000), "train.amp": _choice("auto", "bf16", "fp16", "off"),
-    "train.grad_clip": _real(0, 1e9), "train.save_every": _int(0, 10**9), "train.keep": _int(1, 1000),
+    "train.grad_clip": _real(0), "train.save_every": _int(0, 10**9), "train.keep": _int(1, 1000),
     "train.deterministic": _flag, "train.threads": _int(0, 1024),
     "seed": _int(0, 2**32 - 1),
 }
