@@ -319,7 +319,8 @@ def test_too_little_space_for_the_archive_stops_before_the_body(server, tmp_path
 
 def test_too_little_space_for_the_extraction_keeps_the_archive(server, tmp_path, monkeypatch):
     host, url = server
-    data = make_zip({"long/0001/half0001.png": bytes(2_000_000)}, zipfile.ZIP_DEFLATED)  # compresses ~1000x
+    member = bytes(b & 1 for b in noise(2_000_000, 3))  # one bit per byte: ~8x (1000x would be a zip bomb)
+    data = make_zip({"long/0001/half0001.png": member}, zipfile.ZIP_DEFLATED)
     host.add("/DRV/long.zip", data)
     with monkeypatch.context() as m, pytest.raises(BatmanError, match=r"extracting long.zip .* needs 1.9 MB free"):
         m.setattr(dl, "free_bytes", lambda path: 1_000_000)

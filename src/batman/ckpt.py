@@ -43,8 +43,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def non_finite(state: dict) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, else None."""
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """torch.save into memory, then an atomic write: a kill mid-save never leaves a torn file."""
+    """torch.save into memory, then an atomic write: a kill mid-save never leaves a torn file.
+    Non-finite weights are never saved: resuming or exporting them only spreads the NaN."""
+    bad = non_finite(payload.get("model", {}))
+    if bad:
+        raise BatmanError(f"refusing to save {path}: the weights are not finite ({bad})")
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -57,11 +69,16 @@ def load_checkpoint(path: str | Path) -> dict:
         raise BatmanError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, random bytes
+    except Exception as e:  # truncated zip, pickle with code, random bytes, an empty file (no message)
+        reason = (str(e).strip().splitlines() or ["no message"])[0][:120]
         raise BatmanError(f"checkpoint {path} is corrupt or not a batman checkpoint "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+                          f"({type(e).__name__}: {reason})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or "config" not in ckpt:
         raise BatmanError(f"checkpoint {path} is not a batman checkpoint (no model/config inside)")
+    bad = non_finite(ckpt["model"])
+    if bad:
+        raise BatmanError(f"checkpoint {path} holds non-finite weights ({bad}): training had diverged; "
+                          f"use an earlier checkpoint")
     return ckpt
 
 
@@ -80,10 +97,17 @@ def describe_model(cfg: Config) -> str:
 
 
 def check_same_model(path: Path, saved: Config, wanted: Config) -> None:
-    """Refuse to resume or fine-tune from a checkpoint of another architecture or input mode."""
-    if saved.model != wanted.model or saved.data.mode != wanted.data.mode:
+    """Refuse to resume or fine-tune from a checkpoint of another architecture or input mode.
+    The ImageNet file (model.encoder_weights) only initialises a model, so it may differ or be gone."""
+    if without_init(saved).model != without_init(wanted).model or saved.data.mode != wanted.data.mode:
         raise BatmanError(f"checkpoint {path} holds a {describe_model(saved)} model, not the requested "
                           f"{describe_model(wanted)}; use another --out folder or matching --set values")
+
+
+def without_init(cfg: Config) -> Config:
+    """The config with no ImageNet file: what builds a model whose weights come from a checkpoint
+    (the file matters only at initialisation and may have moved since)."""
+    return replace(cfg, model=replace(cfg.model, encoder_weights=""))
 
 
 def load_state_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
@@ -244,7 +268,7 @@ def load_model(path: str | Path | None, device: str | torch.device = "cpu"):
     else:
         ckpt = load_checkpoint(path)
         state, cfg = ckpt["model"], checkpoint_config(ckpt, path)
-    model = model_for(cfg)
+    model = model_for(without_init(cfg))
     load_state_strict(model, state, path)
     return model.to(device).eval(), cfg
 

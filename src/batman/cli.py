@@ -1,7 +1,8 @@
 """The `batman` command line: each subcommand parses its arguments, builds a Config and calls one function.
 
 Heavy modules (torch, rawpy) are imported inside the handlers so that `--help` is instant.
-A BatmanError prints one line and exits with code 2; `--debug` shows the traceback.
+A BatmanError prints one line and exits with code 2; any other exception is a bug or a failure no
+check foresaw: one line too, exit code 1, with a pointer to `--debug`, which shows the traceback.
 Every flag has a help text, and `--help` shows its default.
 """
 from __future__ import annotations
@@ -49,9 +50,9 @@ def _config(args, preset: str = ""):
 # --- handlers -------------------------------------------------------------------------------
 
 def cmd_inspect(args) -> int:
-    from batman.data.raw import raw_info, read_raw
+    from batman.data.raw import raw_info, read_info, read_raw
     for path in args.files:
-        info = raw_info(read_raw(path))
+        info = raw_info(read_raw(path)) if args.check else read_info(path)
         if args.json:
             print(json.dumps(info))
         else:
@@ -97,6 +98,9 @@ def train_config(args):
 
 def cmd_train(args) -> int:
     cfg, preset = train_config(args)
+    if args.dry_run:
+        print(cfg.to_json())
+        return 0
     from batman.train import train
     train(cfg, out=args.out, resume=args.resume, device=args.device, name=args.name, label=preset, init=args.init)
     return 0
@@ -171,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("inspect", cmd_inspect, "print the Bayer pattern, levels, size and exposure of raw files")
     sp.add_argument("files", nargs="+", type=Path, help="raw files (ARW, DNG, any LibRaw reads)")
     sp.add_argument("--json", action="store_true", help="one JSON object per file")
+    sp.add_argument("--check", action="store_true", help="also decode the pixels (finds truncated files)")
 
     sp = add("synth", cmd_synth, "write a synthetic dark raw video data set in the DRV layout")
     sp.add_argument("--out", required=True, type=Path, help="data set folder to write")
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--name", type=_run_name, default=None, help="run folder runs/NAME instead of a timestamp")
     sp.add_argument("--init", type=Path, default=None, metavar="CKPT",
                     help="fine-tune: start from this checkpoint's weights (fresh optimiser, epoch 0)")
+    sp.add_argument("--dry-run", action="store_true", help="check the config, print it and stop")
     add_device_arg(sp)
 
     sp = add("evaluate", cmd_evaluate, "PSNR/SSIM/MABD of a checkpoint and the baselines")
@@ -299,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"error: unexpected {type(e).__name__}: {reason} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

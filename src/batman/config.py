@@ -10,8 +10,10 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 from batman.files import atomic_write_bytes
 
@@ -160,6 +162,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def _coerce(value, current, key: str):
     """Match JSON/literal values to the field's type (lists -> tuples, ints -> floats)."""
+    if isinstance(value, bool) and not isinstance(current, bool):  # True is an int to Python, not to a user
+        raise BatmanError(f"config key {key}: expected {type(current).__name__}, got {value!r}")
     if isinstance(current, tuple):
         if not isinstance(value, (list, tuple)):
             if isinstance(value, int):  # crop=256 means 256x256
@@ -216,7 +220,126 @@ def apply_overrides(cfg: Config, overrides: dict) -> Config:
         changes.setdefault(section, {})[name] = _coerce(value, getattr(sub, name), key)
     for section, kv in changes.items():
         top[section] = replace(sections[section], **kv)
-    return replace(cfg, **top)
+    return validate(replace(cfg, **top))
+
+
+# --- validation: one check per field ---------------------------------------------------------
+# A check returns None for a good value, else what a good value looks like. Sizes have upper
+# bounds too: a typo such as model.hidden=64000 should be a message, not an hour of swapping.
+
+Check = Callable[[object], "str | None"]
+
+
+def _int(lo: int, hi: int) -> Check:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            return f"expected an integer from {lo} to {hi}"
+    return check
+
+
+def _odd(lo: int, hi: int) -> Check:
+    def check(v):
+        if _int(lo, hi)(v) or v % 2 == 0:
+            return f"expected an odd integer from {lo} to {hi} (the padding keeps the size)"
+    return check
+
+
+def _real(lo: float, hi: float = math.inf, above_lo: bool = False) -> Check:
+    if hi < math.inf:
+        bound = f"above {lo:g}, up to {hi:g}" if above_lo else f"from {lo:g} to {hi:g}"
+    else:
+        bound = f"above {lo:g}" if above_lo else f"of {lo:g} or more"
+
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or not (v > lo if above_lo else v >= lo) or v > hi:
+            return f"expected a finite number {bound}"
+    return check
+
+
+def _choice(*names: str) -> Check:
+    def check(v):
+        if v not in names or not isinstance(v, str):
+            return f"expected one of {', '.join(names)}"
+    return check
+
+
+def _flag(v):
+    if not isinstance(v, bool):
+        return "expected True or False"
+
+
+def _text(v):
+    if not isinstance(v, str) or "\x00" in v:
+        return "expected a string (a path without NUL bytes)"
+
+
+def _tile(v):
+    if (v != 0 or isinstance(v, bool)) and _int(64, 65536)(v):
+        return "expected 0 (whole frames) or an integer from 64 to 65536 (smaller tiles are mostly padding)"
+
+
+def _crop(v):
+    ok = (isinstance(v, tuple) and len(v) == 2 and all(not _int(0, 16384)(n) for n in v)
+          and (v[0] == 0) == (v[1] == 0))
+    if not ok:
+        return "expected (H, W) of two integers from 1 to 16384, or (0, 0) for whole frames"
+
+
+CHECKS: dict[str, Check] = {
+    "data.root": _text, "data.mode": _choice("raw", "rawrgb"), "data.bin": _int(1, 16), "data.crop": _crop,
+    "data.frames": _int(1, 10_000), "data.clips_per_video": _int(1, 100_000), "data.augment": _flag,
+    "data.motion": _real(0, 1), "data.motion_speed": _int(0, 1024), "data.cache": _text,
+    "data.workers": _int(0, 256), "data.max_gain": _real(0, 1e6, above_lo=True), "data.noise_map": _flag,
+    "data.white_balance": _flag, "data.colour": _choice("srgb", "camera"), "data.exposure_level": _real(0, 1e3),
+    "model.name": _choice("clstm", "conv3d", "unet"), "model.hidden": _int(1, 4096), "model.layers": _int(1, 32),
+    "model.kernel": _odd(1, 15), "model.fusion": _int(1, 4096), "model.t_kernel": _int(1, 32),
+    "model.norm": _choice("batch", "group", "frozen"), "model.head": _choice("recursive", "skip", "shuffle"),
+    "model.head_width": _int(1, 1024), "model.scale": _int(1, 2), "model.mean_input": _flag,
+    "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow"),
+    "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
+    "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
+    "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6), "train.bptt": _int(0, 10_000),
+    "train.patience": _int(1, 1_000_000), "train.amp": _choice("auto", "bf16", "fp16", "off"),
+    "train.grad_clip": _real(0), "train.save_every": _int(0, 10**9), "train.keep": _int(1, 1000),
+    "train.deterministic": _flag, "train.threads": _int(0, 1024), "train.max_minutes": _real(0, 1e7),
+    "train.schedule": _choice("const", "cosine"), "train.warmup_steps": _int(0, 10**9), "train.tensorboard": _flag,
+    "train.log_images": _int(0, 64),
+    "seed": _int(0, 2**32 - 1),
+}
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field against CHECKS (type and range); the first bad one is a one-line error."""
+    for key, value in _flatten(cfg.to_dict()).items():
+        problem = CHECKS[key](value)
+        if problem:
+            raise BatmanError(f"config key {key}: {problem}, got {_short(value)}")
+    return cfg
+
+
+# Command-line options outside Config, checked the same way: (command, option) -> check.
+OPTION_CHECKS: dict[tuple[str, str], Check] = {
+    ("export", "fps"): _real(0, 1000, above_lo=True), ("export", "frames"): _int(0, 10**7),
+    ("export", "tile"): _tile,
+    ("export", "overlap"): _int(0, 4096),
+    ("evaluate", "frames"): _int(0, 10**7), ("prepare", "workers"): _int(0, 256),
+}
+
+
+def check_options(command: str, **values) -> None:
+    """Check a command's numeric options (`--fps`, `--tile`, ...); a bad one is a one-line error."""
+    for name, value in values.items():
+        problem = OPTION_CHECKS[(command, name)](value)
+        if problem:
+            raise BatmanError(f"{command} --{name.replace('_', '-')}: {problem}, got {_short(value)}")
+    if command == "export" and values.get("tile") and values["tile"] <= 2 * values.get("overlap", 0):
+        raise BatmanError(f"export --tile {values['tile']} must be larger than twice --overlap {values['overlap']}")
 
 
 def parse_set(items: list[str]) -> dict:

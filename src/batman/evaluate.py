@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from batman.config import BatmanError, Config
-from batman.files import atomic_path, atomic_write_text
+from batman.config import BatmanError, Config, check_options
+from batman.files import atomic_path, atomic_write_text, ensure_dir
 from batman.metrics import MABD, RecentUnion, RegionPSNR, drift_db, mabd_error, psnr, ssim
 
 # --- classical baselines: one self-contained group (bound for baselines.py) ---------------------
@@ -343,9 +343,13 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     `classical` baselines (names in BASELINES) on a split."""
     from batman.ckpt import load_model, resolve_device, resolve_model
     from batman.data.cache import find_cache
-    from batman.data.drv import load_split
+    from batman.data.drv import check_video_id, load_split
     from batman.export import Enhancer
 
+    check_options("evaluate", frames=frames)
+    for video_id in videos or ():
+        check_video_id(video_id, "--videos")
+    ensure_dir(out)  # before the work: an --out naming a file would fail only at the end
     classical = check_baselines(classical)
     device = resolve_device(device)
     paths = [resolve_model(model)] + [Path(p) for p in baselines]
@@ -412,7 +416,7 @@ def markdown_table(report: dict) -> str:
 def write_report(out: Path, report: dict) -> None:
     """metrics.json, metrics.csv (one row per video and method), metrics.md, metrics.png, psnr_frames.csv
     and drift.png (PSNR against the frame index)."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)

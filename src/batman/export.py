@@ -8,14 +8,20 @@ and blended with linear ramps so no seam shows.
 from __future__ import annotations
 
 import queue
+import signal
+import subprocess
+import tempfile
 import threading
+from contextlib import ExitStack
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from batman.config import BatmanError, Config
+from batman.config import BatmanError, Config, check_options
+from batman.files import atomic_dir, atomic_path
 
 _DONE = object()
 
@@ -112,13 +118,15 @@ def prefetch(iterable, depth: int = 2):
 
 
 class BackgroundWriter:
-    """Runs write calls in order on one thread; `close` waits and re-raises the first error."""
+    """Runs write calls in order on one thread; `close` waits and re-raises the first error, `stop`
+    only waits (the error path: the jobs after a failed one are skipped)."""
 
     def __init__(self, depth: int = 2):
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._work, daemon=True)
         self.thread.start()
+        self.stopped = False
 
     def _work(self):
         while (job := self.q.get()) is not _DONE:
@@ -133,15 +141,27 @@ class BackgroundWriter:
             raise self.error
         self.q.put(job)
 
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.q.put(_DONE)
+            self.thread.join()
+
     def close(self) -> None:
-        self.q.put(_DONE)
-        self.thread.join()
+        self.stop()
         if self.error:
             raise self.error
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_png(path: Path, image_u8: np.ndarray) -> None:
+    """Encode in memory, write plainly: a failed write (full disk, file-size limit) is one OSError,
+    where imageio's plugin would raise it twice (once more from its destructor)."""
+    import imageio.v3 as iio
+    path.write_bytes(iio.imwrite("<bytes>", image_u8, extension=".png"))
 
 
 def even_size(image: np.ndarray) -> np.ndarray:
@@ -151,27 +171,66 @@ def even_size(image: np.ndarray) -> np.ndarray:
 
 
 class VideoSink:
-    """H.264 mp4 (yuv420p, imageio-ffmpeg), frame by frame."""
+    """H.264 mp4 (yuv420p) from an ffmpeg process fed frame by frame.
 
-    def __init__(self, path: Path, fps: float):
+    `close` waits for ffmpeg and checks its exit status: a full disk, a file-size limit or a killed
+    encoder is an error naming `name` (the final path), never a short file that looks finished.
+    """
+
+    def __init__(self, path: Path, fps: float, name: Path | None = None):
+        self.path, self.fps, self.name = path, fps, name or path
+        self.proc: subprocess.Popen | None = None
+        self.log = None
+
+    def _start(self, h: int, w: int) -> None:
         import imageio_ffmpeg
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.fps, self.gen = path, fps, None
-        self._ffmpeg = imageio_ffmpeg
+        self.log = tempfile.TemporaryFile()
+        rate = str(Fraction(self.fps).limit_denominator(1001))
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-r", rate, "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p",
+               "-crf", "10", "-f", "mp4", str(self.path)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.log)
 
     def write(self, frame_u8: np.ndarray) -> None:
         frame_u8 = even_size(frame_u8)
-        if self.gen is None:
-            h, w = frame_u8.shape[:2]
-            self.gen = self._ffmpeg.write_frames(str(self.path), (w, h), fps=self.fps, codec="libx264",
-                                                 pix_fmt_out="yuv420p", macro_block_size=1, quality=8,
-                                                 ffmpeg_log_level="error")
-            self.gen.send(None)
-        self.gen.send(np.ascontiguousarray(frame_u8))
+        if self.proc is None:
+            self._start(*frame_u8.shape[:2])
+        try:
+            self.proc.stdin.write(np.ascontiguousarray(frame_u8).data)
+        except OSError:  # ffmpeg died (BrokenPipe): its exit status says why
+            self._fail()
 
     def close(self) -> None:
-        if self.gen is not None:
-            self.gen.close()
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        if self.proc.wait() != 0:
+            self._fail()
+        self.log.close()
+
+    def abort(self) -> None:
+        """Stop ffmpeg without finishing the file (the error path)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.log is not None:
+            self.log.close()
+
+    def _fail(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        self.log.seek(0)
+        said = (self.log.read().decode(errors="replace").strip().splitlines() or [""])[-1][:160]
+        self.log.close()
+        why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if code == -signal.SIGXFSZ:
+            why += " (file-size limit)"
+        raise BatmanError(f"cannot write {self.name}: ffmpeg failed, {why}{': ' + said if said else ''}; "
+                          f"check free space, permissions and file-size limits")
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -179,13 +238,14 @@ class VideoSink:
 def burst_video(cfg: Config, folder, gain: float | None = None):
     """A folder of raw frames as a Video with one gain for every frame: `gain`, else chosen from the
     burst's brightness (infer.auto_gain); the choice is printed."""
-    from batman.data.drv import folder_video
+    from batman.data.drv import check_video_id, folder_video
     from batman.infer import auto_gain
 
     if cfg.data.mode != "raw":
         raise BatmanError(f"the model was trained on {cfg.data.mode} input; --input {folder} holds raw "
                           f"frames: use a raw-mode checkpoint or --root with the VBM4D_rawRGB folder")
     video = folder_video(folder)
+    check_video_id(video.id, f"--input {folder} (its folder name names the outputs)")
     if gain is not None:
         if not 0 < gain < float("inf"):
             raise BatmanError(f"--gain must be a positive number, got {gain}")
@@ -200,8 +260,10 @@ def burst_video(cfg: Config, folder, gain: float | None = None):
 
 
 def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=None, gain: float | None = None):
-    from batman.data.drv import load_split
+    from batman.data.drv import check_video_id, load_split
 
+    for video_id in videos or ():
+        check_video_id(video_id, "--videos")
     if input_folder is not None:
         return [burst_video(cfg, input_folder, gain)]
     if gain is not None:
@@ -222,6 +284,7 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
     from batman.ckpt import load_model, resolve_device
     from batman.data.cache import find_cache
 
+    check_options("export", fps=fps, frames=frames, tile=tile, overlap=overlap)
     device = resolve_device(device)
     net, cfg = load_model(model, device)  # model None: the default model, printed
     out = Path(out)
@@ -237,34 +300,53 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
 def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int = 32,
                  side_by_side: bool = False, fps: float = 20.0, frames: int = 0, device="cpu",
                  cache=None) -> list[Path]:
-    """One video, streamed: decode -> enhance -> PNG + mp4 (+ side by side), constant memory."""
-    import imageio.v3 as iio
+    """One video, streamed: decode -> enhance -> PNG + mp4 (+ side by side), constant memory.
 
-    from batman.data.dataset import iter_frames
-    from batman.data.dataset import load_targets
-    from batman.evaluate import baseline_isp
+    Everything goes into temporary siblings first and is moved into place only once the whole video
+    is written: a frame that fails to decode, a full disk or a kill leaves the earlier export of this
+    video as it was. The frames folder moves first and the main mp4 last, so an mp4 at its final name
+    means the frames beside it are complete and of the same run.
+    """
+    from batman.data.drv import check_video_id
 
+    check_video_id(video.id, f"video {video.id!r}")
     n = min(len(video.frames), frames) if frames else len(video.frames)
     enhancer = Enhancer(net, cfg.model.scale, device, tile, overlap)
-    frame_dir = out / "frames" / video.id
-    frame_dir.mkdir(parents=True, exist_ok=True)
-    main = VideoSink(out / "video" / f"{video.id}.mp4", fps)
-    side = VideoSink(out / "video" / f"{video.id}_side_by_side.mp4", fps) if side_by_side else None
-    isp = baseline_isp(video, cfg) if side_by_side else None
-    targets = load_targets(video, n) if side_by_side and video.targets else iter(())
+    finals = [out / "video" / f"{video.id}.mp4"] + \
+        ([out / "video" / f"{video.id}_side_by_side.mp4"] if side_by_side else [])
+    with ExitStack() as outputs:  # left in reverse: frames, side by side, main mp4
+        sinks = [VideoSink(outputs.enter_context(atomic_path(path, suffix=".mp4")), fps, path) for path in finals]
+        frame_dir = outputs.enter_context(atomic_dir(out / "frames" / video.id))
+        _stream_video(enhancer, cfg, video, n, frame_dir, sinks, cache)
+    return finals
+
+
+def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Path, sinks: list[VideoSink],
+                  cache) -> None:
+    """Decode, enhance and write n frames; on any error ffmpeg is stopped and the error raised."""
+    from batman.data.dataset import iter_frames, load_targets
+    from batman.evaluate import baseline_isp
+
+    main, side = sinks[0], (sinks[1] if len(sinks) > 1 else None)
+    isp = baseline_isp(video, cfg) if side else None
+    targets = load_targets(video, n) if side and video.targets else iter(())
     writer = BackgroundWriter()
-    inputs = prefetch(zip(range(n), iter_frames(video, cfg.data, cache)))
-    for i, frame in tqdm(inputs, total=n, desc=f"export {video.id}", unit="frame", leave=False):
-        y = to_uint8(enhancer(frame))
-        writer.submit(lambda y=y, i=i: (iio.imwrite(frame_dir / f"{i + 1:04d}.png", y), main.write(y)))
-        if side:
-            panels = [to_uint8(isp.process(frame, cfg.model.scale)), y]
-            target = next(targets, None)
-            if target is not None:
-                panels.append(to_uint8(target))
-            writer.submit(lambda p=panels: side.write(np.concatenate(p, axis=1)))
-    writer.submit(main.close)
-    if side:
-        writer.submit(side.close)
-    writer.close()
-    return [main.path] + ([side.path] if side else [])
+    try:
+        inputs = prefetch(zip(range(n), iter_frames(video, cfg.data, cache)))
+        for i, frame in tqdm(inputs, total=n, desc=f"export {video.id}", unit="frame", leave=False):
+            y = to_uint8(enhancer(frame))
+            writer.submit(lambda y=y, i=i: (write_png(frame_dir / f"{i + 1:04d}.png", y), main.write(y)))
+            if side:
+                panels = [to_uint8(isp.process(frame, cfg.model.scale)), y]
+                target = next(targets, None)
+                if target is not None:
+                    panels.append(to_uint8(target))
+                writer.submit(lambda p=panels: side.write(np.concatenate(p, axis=1)))
+        for sink in sinks:
+            writer.submit(sink.close)
+        writer.close()
+    except BaseException:
+        writer.stop()
+        for sink in sinks:
+            sink.abort()
+        raise

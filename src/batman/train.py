@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from batman import ckpt as ckpts
 from batman.config import BatmanError, Config
-from batman.files import atomic_path
+from batman.files import atomic_path, ensure_dir, remove_stale_temps
 from batman.model.net import detach_state, model_for
 
 
@@ -311,6 +311,30 @@ def choose_run_folder(cfg: Config, d: Dist, out: str | Path | None = None, name:
     return out
 
 
+def last_good(out: Path) -> str:
+    """Where a stopped run can resume from: the newest checkpoint in `out` that loads with finite
+    weights (checked, not assumed: an older version may have saved NaN weights)."""
+    newest_first = [p for _, _, p in sorted(ckpts.epoch_checkpoints(out), key=lambda t: -t[1])]
+    for path in [out / ckpts.LAST, *newest_first]:
+        if path.is_file():
+            try:
+                epoch = ckpts.load_checkpoint(path).get("epoch")
+            except BatmanError:
+                continue
+            return f"the last good checkpoint is {path} (epoch {epoch})"
+    return f"{out} holds no good checkpoint"
+
+
+def check_weights(model, out: Path, epoch: int, step: int) -> None:
+    """Refuse to go on (and to save) once a weight is NaN or infinite: a finite loss does not prove
+    finite weights (the step after the loss was computed can blow them up)."""
+    net = model.module if hasattr(model, "module") else model
+    bad = ckpts.non_finite(net.state_dict())
+    if bad:
+        raise BatmanError(f"the weights became non-finite ({bad}) at epoch {epoch}, step {step}: stopped without "
+                          f"saving; {last_good(out)} (try a lower train.lr, train.grad_clip=1.0 or train.amp=off)")
+
+
 def find_resume_checkpoint(out: Path, resume: str | None) -> tuple[Path | None, dict | None]:
     """--resume PATH, or 'auto': OUT/last.pt, falling back to the newest good epoch checkpoint."""
     if not resume:
@@ -445,6 +469,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     out = choose_run_folder(cfg, d, out, name, label, resume)
+    if d.main:
+        ensure_dir(out)  # before any work: an --out naming a file is a one-line error
+        remove_stale_temps(out)  # what a killed save left (only dead processes' temps)
     seed_everything(cfg.seed + d.rank, cfg.train.deterministic)
 
     train_set, loader, sampler, val_loader = build_data(cfg, d)
@@ -469,11 +496,11 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
     if d.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
     board = tensorboard_writer(out, cfg, prog.step if ckpt else None) if d.main else None
 
-    def save_last():
+    def save_last(epoch: int):
+        check_weights(model, out, epoch, prog.step)  # on every rank: they hold the same weights
         if d.main:
             ckpts.save_checkpoint(out / ckpts.LAST, training_state(model, opt, scaler, sched, cfg, prog))
 
@@ -493,8 +520,8 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
             loss = train_step(model, batch, opt, scaler, cfg, device, amp_dtype)
             if not math.isfinite(loss):
                 raise BatmanError(f"training loss became {loss} at epoch {epoch + 1}, step {prog.step + 1}: stopped "
-                                  f"without saving; the last good checkpoint in {out} is intact (try a lower "
-                                  f"train.lr, train.grad_clip=1.0 or train.amp=off)")
+                                  f"without saving; {last_good(out)} (try a lower train.lr, "
+                                  f"train.grad_clip=1.0 or train.amp=off)")
             sched.step()
             prog.step += 1
             prog.step_in_epoch += 1
@@ -505,7 +532,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
             images += batch["input"].shape[0] * batch["input"].shape[1] * d.world
             steps_bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / (time.perf_counter() - t0):.1f}")
             if cfg.train.save_every and prog.step % cfg.train.save_every == 0:
-                save_last()
+                save_last(epoch + 1)
         val_loss, val_psnr, val_images = validate(model, val_loader, cfg, device, amp_dtype, d,
                                                   keep_images=cfg.train.log_images if board else 0)
         prog.epoch, prog.step_in_epoch = epoch + 1, 0
@@ -516,6 +543,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
                              "val_loss": round(val_loss, 6), "val_psnr": round(val_psnr, 3),
                              "lr": opt.param_groups[0]["lr"], "time_s": round(time.perf_counter() - t0, 2),
                              "images_per_s": round(images / max(time.perf_counter() - t0, 1e-9), 2)})
+        check_weights(model, out, epoch + 1, prog.step)
         if d.main:
             state = training_state(model, opt, scaler, sched, cfg, prog)
             if improved:

@@ -11,6 +11,7 @@ atomic, so a prepare killed at any point leaves a consistent cache and a rerun f
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -18,17 +19,19 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
 
-from batman.config import BatmanError
+from batman.config import BatmanError, check_options
 from batman.data import drv
 from batman.data.raw import read_header
-from batman.files import atomic_path, atomic_write_text, format_bytes, free_bytes
+from batman.files import (atomic_write_bytes, atomic_write_text, ensure_dir, exclusive, format_bytes, free_bytes,
+                          remove_stale_temps)
 
 MANIFEST = "manifest.json"
+LOCK = ".prepare.lock"  # held while a prepare writes: a second one is refused instead of racing it
 MANIFEST_VERSION = 1
 DEFAULT_BIN = 2
 _FLUSH_FRAMES = 64   # rewrite the manifest after this many new frames ...
@@ -146,7 +149,7 @@ class FrameCache:
 
     def counts(self, entry: dict) -> np.ndarray:
         """The frame's counts as a read-only memory map (4, h, w)."""
-        path = self.folder / entry["npy"]
+        path = npy_path(self.folder, entry)
         try:
             counts = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as e:
@@ -155,6 +158,15 @@ class FrameCache:
             raise BatmanError(f"cached frame {path} has shape {counts.shape}, manifest says "
                               f"{entry['shape']}: rerun batman prepare")
         return counts
+
+
+def npy_path(folder: Path, entry: dict) -> Path:
+    """Where an entry's counts lie: inside the cache folder, whatever a (hand-edited) manifest says."""
+    rel = PurePosixPath(str(entry.get("npy", "")))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\\" in str(rel):
+        raise BatmanError(f"cache manifest {Path(folder) / MANIFEST} names {str(rel)!r}, a path outside the "
+                          f"cache: delete the manifest and rerun batman prepare")
+    return Path(folder) / rel
 
 
 def find_cache(root: str | Path, cache: str | Path | None = None) -> Path | None:
@@ -185,11 +197,9 @@ def _cache_frame(src: str, dst: str, bin: int) -> dict:
         frame = decode_counts(src, bin)
     except BatmanError as e:
         return {"status": "bad", "error": str(e)}
-    with atomic_path(dst, suffix=".npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, frame.counts)
-            f.flush()
-            os.fsync(f.fileno())  # a power cut must not leave a renamed but empty file
+    buf = io.BytesIO()
+    np.save(buf, frame.counts)  # into memory: np.save into a file drops a short write (file-size limit) silently
+    atomic_write_bytes(dst, buf.getvalue())  # flushed to disk before the rename
     return {"status": "ok", "shape": list(frame.counts.shape), "dtype": frame.counts.dtype.name,
             "black": list(frame.black), "white": frame.white, "exposure_s": frame.exposure_s,
             "mosaic": list(frame.mosaic)}
@@ -197,8 +207,8 @@ def _cache_frame(src: str, dst: str, bin: int) -> dict:
 
 def _npy_intact(folder: Path, entry: dict) -> bool:
     try:
-        counts = np.load(folder / entry["npy"], mmap_mode="r")
-    except (OSError, ValueError):
+        counts = np.load(npy_path(folder, entry), mmap_mode="r")
+    except (OSError, ValueError, BatmanError):
         return False
     return list(counts.shape) == entry["shape"] and counts.dtype.name == entry["dtype"]
 
@@ -303,9 +313,10 @@ def _run(tasks: list[_Task], folder: Path, bin: int, workers: int) -> Iterator[t
 
 
 def _remove_stale_temps(folder: Path) -> None:
-    """Temp files a killed run left behind (atomic_path names them .<name>.<random>.tmp[.npy])."""
-    for tmp in folder.rglob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
+    """Temp files a killed run left behind: only names of files.atomic_path's pattern whose writer
+    process is gone, so a user's own hidden files and a live writer's temps stay."""
+    for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        remove_stale_temps(sub)
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
@@ -320,10 +331,17 @@ def prepare(root: str | Path, cache: str | Path | None = None, workers: int = 0,
     stopped. A corrupt frame stops it with an error naming the file, or with `skip_bad` is listed as
     bad and left out of the data set.
     """
-    from tqdm import tqdm
+    check_options("prepare", workers=workers)
     root = Path(root)
-    folder = Path(cache) if cache else root / "cache"
-    workers = workers or os.cpu_count() or 1
+    folder = ensure_dir(Path(cache) if cache else root / "cache")
+    busy = f"{folder}: another `batman prepare` is writing this cache; wait for it or stop it, then rerun"
+    with exclusive(folder / LOCK, busy):
+        return _prepare(root, folder, workers or os.cpu_count() or 1, skip_bad, bin)
+
+
+def _prepare(root: Path, folder: Path, workers: int, skip_bad: bool, bin: int) -> Path:
+    """prepare's work, under the cache's lock."""
+    from tqdm import tqdm
     old = _old_manifest(folder, bin)
     tasks = _frame_tasks(root)
     manifest = {"version": MANIFEST_VERSION, "bin": bin, "frames": {},
@@ -341,7 +359,6 @@ def prepare(root: str | Path, cache: str | Path | None = None, workers: int = 0,
     if need > free:
         raise BatmanError(f"not enough free space for the cache in {folder}: about {format_bytes(need)} "
                           f"needed, {format_bytes(free)} free (free some, or pass --cache on another disk)")
-    folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(folder)
     try:
         _decode_all(todo, folder, manifest, bin, workers, skip_bad, tqdm)

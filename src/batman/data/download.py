@@ -7,7 +7,6 @@ request and redoes an interrupted extraction from the kept archive.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import http.client
 import json
@@ -27,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from batman.config import BatmanError
-from batman.files import atomic_write_text, format_bytes, free_bytes
+from batman.files import atomic_write_text, ensure_dir, exclusive, format_bytes, free_bytes
 
 DRV_URL = "https://storage.googleapis.com/isl-datasets/DRV"
 
@@ -42,6 +41,11 @@ PART_SETS = {"raw": ("long", "short1", "short2", "short3", "short4", "short5"),
 # because they have not been measured from the real host yet: fill them from the `zip_bytes` of
 # a finished part's `<root>/.download/NAME.done`.
 KNOWN_SIZES: dict[str, int] = {}
+
+# A member may expand to at most MAX_RATIO times its compressed size once it is larger than
+# RATIO_FROM_BYTES: DRV's PNGs and ARWs barely compress, a zip bomb expands a thousandfold.
+MAX_RATIO = 100
+RATIO_FROM_BYTES = 1 << 20
 
 RETRIES = 5          # tries in a row that got no further before giving up on a file
 BACKOFF_S = 1.0      # wait after the first failed try; doubles after each further one
@@ -286,7 +290,7 @@ def _plan_members(zf: zipfile.ZipFile, archive: Path, part: str) -> list[tuple[z
     """(member, path relative to root) for every member worth extracting; refuses the archive on an unsafe one."""
     plan = []
     for info in zf.infolist():
-        problem = _unsafe(info)
+        problem = _unsafe(info) or _absurd(info)
         if problem:
             _refuse(archive, f"member {info.filename!r} {problem}, refusing the archive")
         rel = _target(info.filename, PART_FOLDERS[part], part)
@@ -314,6 +318,14 @@ def _unsafe(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _absurd(info: zipfile.ZipInfo) -> str | None:
+    """Why a member's declared size cannot be real data of DRV's (a zip bomb), or None."""
+    if info.file_size > RATIO_FROM_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        return (f"declares {format_bytes(info.file_size)} from {format_bytes(info.compress_size)} compressed "
+                f"(more than {MAX_RATIO}x: a zip bomb)")
+    return None
+
+
 def _target(name: str, folder: str, part: str) -> PurePosixPath | None:
     """Where a (safe) member goes: always under the part's folder, e.g. short3/0101/x -> short/0101/x."""
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -338,8 +350,13 @@ def _unpack(zf: zipfile.ZipFile, plan, staging: Path, archive: Path) -> None:
                     path.mkdir(parents=True, exist_ok=True)
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
+                written = 0
                 with zf.open(info) as src, open(path, "wb") as dst:
                     while chunk := src.read(CHUNK_BYTES):  # ZipExtFile checks the CRC at the member's end
+                        written += len(chunk)
+                        if written > info.file_size:  # never write past the declared (space-checked) size
+                            _refuse(archive, f"member {info.filename!r} holds more than its declared "
+                                             f"{info.file_size} bytes")
                         dst.write(chunk)
                         bar.update(len(chunk))
             except (zipfile.BadZipFile, zlib.error, EOFError) as e:
@@ -372,21 +389,10 @@ def _merge(src: Path, dest: Path, archive: Path) -> None:
 
 # --- the whole job ----------------------------------------------------------------------------
 
-@contextlib.contextmanager
 def _exclusive(state: Path):
     """Refuse to run two downloads into the same root at once (they would write the same .part)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
-    with open(state / "lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise BatmanError(f"{state}: another `batman download` is using this folder; wait for it "
-                              f"or stop it, then rerun") from None
-        yield
+    return exclusive(state / "lock", f"{state}: another `batman download` is using this folder; wait for it "
+                                     f"or stop it, then rerun")
 
 
 def download(root: str | Path, parts: str = "raw", url_base: str = DRV_URL, keep_zips: bool = False, *,
@@ -400,8 +406,7 @@ def download(root: str | Path, parts: str = "raw", url_base: str = DRV_URL, keep
     names = resolve_parts(parts)
     base = _check_url_base(url_base)
     root = Path(root)
-    state = root / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
+    state = ensure_dir(root / STATE_DIR)  # a read-only root or a file in the way: one line
     received = {}
     with _exclusive(state):
         for name in names:

@@ -15,6 +15,7 @@ videos, which have no ground truth.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,9 +56,24 @@ class Video:
 
 # --- split lists ----------------------------------------------------------------------------
 
-def parse_list(text: str) -> list[str]:
-    """Ids from a list file: one per line; blank lines and '#' comments ignored."""
-    return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+def check_video_id(video_id: str, where: str) -> str:
+    """An id becomes a folder and file name (short/<id>/, video/<id>.mp4, frames/<id>/), so it must be a
+    plain name: no separator, not '.' or '..', not absolute. `where` names its source in the error."""
+    if (not video_id or video_id in (".", "..") or any(c in video_id for c in "/\\\x00")
+            or re.match(r"[A-Za-z]:", video_id)):
+        raise BatmanError(f"{where}: video id {video_id!r} is not a plain name (no '/', '\\', '..', "
+                          f"drive or absolute path)")
+    return video_id
+
+
+def parse_list(text: str, source: str = "split list") -> list[str]:
+    """Ids from a list file: one per line; blank lines and '#' comments ignored; each a plain name."""
+    ids = []
+    for number, line in enumerate(text.splitlines(), 1):
+        video_id = line.split("#")[0].strip()
+        if video_id:
+            ids.append(check_video_id(video_id, f"{source} line {number}"))
+    return ids
 
 
 def split_ids(root: str | Path, split: str) -> list[str]:
@@ -68,7 +84,7 @@ def split_ids(root: str | Path, split: str) -> list[str]:
     root = Path(root)
     path = root / f"{split}_list.txt"
     if path.is_file():
-        ids = parse_list(path.read_text())
+        ids = parse_list(path.read_text(), str(path))
         if not ids:
             raise BatmanError(f"split list {path} names no videos")
         return ids
@@ -262,6 +278,7 @@ def load_video(root: str | Path, video_id: str, mode: str = "raw", cache: str | 
     """One video of a DRV-layout root. `cache`: a prepared cache folder (exposures, sizes, bad frames)."""
     from batman.data.cache import FrameCache
     root = Path(root)
+    check_video_id(video_id, "load_video")
     frame_cache = FrameCache.open(cache) if cache else None
     return _load_video(root, video_id, mode, frame_cache)
 

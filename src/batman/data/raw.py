@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from batman.config import BatmanError
+from batman.files import format_bytes
 
 CANONICAL = ("R", "G1", "G2", "B")
 
@@ -80,6 +81,12 @@ def _bayer_problem(rp) -> str | None:
     return None
 
 
+def printable(text: str, limit: int = 64) -> str:
+    """A string from a file, safe to print: control characters (terminal escapes, newlines) become
+    '?' and the length is capped, so a crafted Make tag cannot rewrite the user's terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text.strip("\x00 "))[:limit]
+
+
 def _make_model(path: Path) -> tuple[str, str]:
     """Make and model from the TIFF header (ARW, DNG, NEF are TIFF); empty when unreadable."""
     try:
@@ -88,10 +95,47 @@ def _make_model(path: Path) -> tuple[str, str]:
             tags = tif.pages[0].tags
             make = tags.get("Make")
             model = tags.get("Model")
-            return (str(make.value).strip("\x00 ") if make else "",
-                    str(model.value).strip("\x00 ") if model else "")
+            return (printable(str(make.value)) if make else "", printable(str(model.value)) if model else "")
     except Exception:  # a header tifffile cannot parse (KDC, corrupt files): make/model stay unknown
         return "", ""
+
+
+def _check_file(path: Path) -> None:
+    """A raw path must be a regular file; a folder named x.dng is not 'no such file'."""
+    if path.is_dir():
+        raise BatmanError(f"cannot read raw: {path} (a folder, not a raw file)")
+    if not path.exists():
+        raise BatmanError(f"cannot read raw: {path} (no such file)")
+    if not path.is_file():
+        raise BatmanError(f"cannot read raw: {path} (not a regular file)")
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where unknown (then no check is made)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def decode_bytes(raw_h: int, raw_w: int, h: int, w: int, pixels: bool = True) -> int:
+    """Memory a decode needs: LibRaw's uint16 raw buffer, plus (`pixels`) our uint16 copy of the
+    visible area and the float32 packing that follows it."""
+    return raw_h * raw_w * 2 + (h * w * (2 + 4) if pixels else 0)
+
+
+def _check_memory(path: Path, rp, pixels: bool = True) -> None:
+    """Refuse a frame too large to decode here, from its size alone (rawpy's `sizes` is the one fact
+    it gives before LibRaw unpacks: even the pattern and levels make it allocate the raw buffer)."""
+    need = decode_bytes(rp.sizes.raw_height, rp.sizes.raw_width, rp.sizes.height, rp.sizes.width, pixels)
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise BatmanError(f"cannot read raw: {path} ({rp.sizes.width}x{rp.sizes.height}: decoding needs about "
+                          f"{format_bytes(need)}, only {format_bytes(have)} of memory is available)")
 
 
 @contextmanager
@@ -135,12 +179,15 @@ class RawHeader(NamedTuple):
 
 
 def read_header(path: str | Path) -> RawHeader:
-    """Size, exposure, white level, white balance and colour matrix from a raw file's header, without
-    decoding pixels (~1 ms)."""
+    """Size, exposure, white level, white balance and colour matrix from a raw file's header, without copying
+    pixels. (rawpy unpacks the raw buffer for anything but the size, so a frame too large for the
+    memory is refused from its size first.)"""
     import rawpy
+    _check_file(Path(path))
     rp = rawpy.RawPy()
     try:
         rp.open_file(str(path))
+        _check_memory(Path(path), rp, pixels=False)
         size = (int(rp.sizes.height), int(rp.sizes.width))
         shutter = float(rp.other.shutter_speed)
         wb, matrix = (1.0, 1.0, 1.0, 1.0), None
@@ -150,6 +197,8 @@ def read_header(path: str | Path) -> RawHeader:
             matrix = _camera_matrix(rp)
         return RawHeader(size, shutter if shutter > 0 else None, float(rp.white_level), wb,
                          None if matrix is None else tuple(map(tuple, matrix.tolist())))
+    except BatmanError:
+        raise
     except Exception as e:  # LibRaw errors: unreadable or unsupported header
         raise BatmanError(f"cannot read raw: {path} ({type(e).__name__}: {e})") from None
     finally:
@@ -170,45 +219,75 @@ def _camera_matrix(rp) -> np.ndarray | None:
     return None
 
 
-def read_raw(path: str | Path) -> RawFrame:
-    """Read a Bayer raw file. Raises BatmanError 'cannot read raw' or 'not a Bayer raw'."""
+def _levels(rp, path: Path) -> dict:
+    """The facts of an open rawpy file, no pixel copied: pattern, per-channel black in canonical
+    order, white, white balance, exposure, visible size. A non-Bayer file is refused."""
+    problem = _bayer_problem(rp)
+    if problem:
+        raise BatmanError(f"not a Bayer raw: {path} ({problem})")
+    pattern = _pattern_letters(rp.raw_pattern, rp.color_desc)
+    by_index = list(rp.black_level_per_channel)
+    index_at = _index_at(rp)
+    offsets = canonical_offsets(pattern)
+    shutter = float(rp.other.shutter_speed)
+    return {"pattern": pattern, "black": tuple(float(by_index[index_at[o]]) for o in offsets),
+            "white": float(rp.white_level), "wb": _canonical_wb(rp, offsets, index_at),
+            "exposure_s": shutter if shutter > 0 else None,
+            "height": int(rp.sizes.height), "width": int(rp.sizes.width)}
+
+
+@contextmanager
+def _open_raw(path: Path):
+    """rawpy.imread (header parsed, no pixel decoded yet), LibRaw's complaints turned into one line."""
     import rawpy
-    path = Path(path)
-    if not path.is_file():
-        raise BatmanError(f"cannot read raw: {path} (no such file)")
+    _check_file(path)
     libraw_says: list[str] = []
     try:
         with _captured_stderr_fd(libraw_says), rawpy.imread(str(path)) as rp:
-            problem = _bayer_problem(rp)
-            if problem:
-                raise BatmanError(f"not a Bayer raw: {path} ({problem})")
-            pattern = _pattern_letters(rp.raw_pattern, rp.color_desc)
-            bayer = np.array(rp.raw_image_visible, dtype=np.uint16, copy=True)
-            by_index = list(rp.black_level_per_channel)
-            index_at = _index_at(rp)
-            offsets = canonical_offsets(pattern)
-            black = tuple(float(by_index[index_at[o]]) for o in offsets)
-            wb = _canonical_wb(rp, offsets, index_at)
-            white = float(rp.white_level)
-            shutter = float(rp.other.shutter_speed)
-            cam_to_srgb = _camera_matrix(rp)
+            yield rp
     except BatmanError:
         raise
     except Exception as e:  # rawpy.LibRawError and friends: unreadable, truncated, unsupported
         detail = "; ".join(libraw_says) or f"{type(e).__name__}: {e}"
         raise BatmanError(f"cannot read raw: {path} ({detail})") from None
+
+
+def read_raw(path: str | Path) -> RawFrame:
+    """Read a Bayer raw file. Raises BatmanError 'cannot read raw' or 'not a Bayer raw'; a frame too
+    large for the available memory is refused from its header, with the size."""
+    path = Path(path)
+    with _open_raw(path) as rp:
+        _check_memory(path, rp)
+        facts = _levels(rp, path)
+        bayer = np.array(rp.raw_image_visible, dtype=np.uint16, copy=True)
+        cam_to_srgb = _camera_matrix(rp)
+    black, white = facts["black"], facts["white"]
     if bayer.ndim != 2 or min(bayer.shape) < 2:
         raise BatmanError(f"cannot read raw: {path} (mosaic of shape {bayer.shape})")
     if not white > max(black):
         raise BatmanError(f"cannot read raw: {path} (white level {white} not above black {max(black)})")
     make, model = _make_model(path)
-    return RawFrame(path=str(path), bayer_u16=bayer, pattern=pattern, black=black, white=white,
-                    exposure_s=shutter if shutter > 0 else None, make=make, model=model, wb=wb,
+    return RawFrame(path=str(path), bayer_u16=bayer, pattern=facts["pattern"], black=black, white=white,
+                    exposure_s=facts["exposure_s"], make=make, model=model, wb=facts["wb"],
                     cam_to_srgb=cam_to_srgb)
 
 
+def read_info(path: str | Path) -> dict:
+    """The facts `batman inspect` prints, without copying, packing or converting a pixel: the size
+    comes from the header and a frame whose raw buffer does not fit in memory is refused with it.
+    (rawpy has LibRaw unpack the raw buffer once for the pattern and levels: no header-only path.)"""
+    path = Path(path)
+    with _open_raw(path) as rp:
+        _check_memory(path, rp, pixels=False)
+        facts = _levels(rp, path)
+    make, model = _make_model(path)
+    return {"path": str(path), "make": make, "model": model, "pattern": facts["pattern"],
+            "black": list(facts["black"]), "white": facts["white"], "height": facts["height"],
+            "width": facts["width"], "exposure_s": facts["exposure_s"]}
+
+
 def raw_info(frame: RawFrame) -> dict:
-    """The facts `batman inspect` prints."""
+    """The facts `batman inspect --check` prints, from a decoded frame."""
     return {"path": frame.path, "make": frame.make, "model": frame.model, "pattern": frame.pattern,
             "black": list(frame.black), "white": frame.white, "height": frame.height,
             "width": frame.width, "exposure_s": frame.exposure_s}
