@@ -61,7 +61,7 @@ def running_mean(x: torch.Tensor, state):
     """Causal mean of the input frames: x (B, T, C, H, W) -> (mean (B, T, C, H, W), (sum, count))."""
     total, count = state if state is not None else (torch.zeros_like(x[:, 0]), 0)
     sums = total.unsqueeze(1) + x.cumsum(1)
-    counts = torch.arange(count + 1, count + x.shape[1] + 1, device=x.device, dtype=x.dtype)
+    counts = count + torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)  # count: int or tensor
     return sums / counts.view(1, -1, 1, 1, 1), (sums[:, -1], count + x.shape[1])
 
 
@@ -186,7 +186,7 @@ class RecursiveHead(nn.Module):
             else:
                 y, m = self.frame(*args)
             outs.append(y)
-            count += 1
+            count = count + 1  # not +=: a tensor count (deploy.py) must not change in place
         return torch.stack(outs, 1), (m, count)
 
     def frame(self, up, x, m, first_weight):
