@@ -79,10 +79,17 @@ def test_stepper_rejects_a_foreign_onnx_file(tmp_path):
         OnnxStepper(tmp_path / "other.onnx")
 
 
-def test_cli_export_model_fresh_default(tmp_path, capsys):
+def test_cli_export_model_fresh_default_and_lite(tmp_path, capsys):
+    import onnx
     out = tmp_path / "sub" / "step.onnx"
     assert main(["export-model", "--format", "onnx", "--out", str(out)]) == 0
     assert out.is_file() and "6 state tensors" in capsys.readouterr().out
     assert not list(out.parent.glob(".*tmp*"))  # the atomic write left no temp file
     frame = np.random.default_rng(0).random((1, 4, 40, 56), dtype=np.float32)
     assert OnnxStepper(out).step(frame).shape == (1, 3, 40, 56)
+    lite = tmp_path / "lite.onnx"
+    assert main(["export-model", "--lite", "--out", str(lite)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(lite)).metadata_props}
+    assert '"size": "lite"' in meta["batman_config"]
+    assert lite.stat().st_size < out.stat().st_size / 10  # far fewer weights
+    assert OnnxStepper(lite).step(frame).shape == (1, 3, 40, 56)

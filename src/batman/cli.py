@@ -99,7 +99,7 @@ def cmd_models(args) -> int:
 
 def cmd_export_model(args) -> int:
     from batman.deploy import export_model
-    export_model(args.model, args.out, fmt=args.format)
+    export_model(args.model, args.out, fmt=args.format, lite=args.lite)
     return 0
 
 
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export-model", cmd_export_model, "write a model's streaming step(frame, state) as ONNX")
     sp.add_argument("--format", default="onnx", choices=["onnx"])
     sp.add_argument("--model", type=Path, default=None, help="checkpoint (default: a fresh default model)")
+    sp.add_argument("--lite", action="store_true", help="a model.size=lite model (with --model: checked)")
     sp.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
 
     sp = add("bench", cmd_bench, "benchmarks that print ratios measured side by side")

@@ -61,6 +61,8 @@ class ModelCfg:
                               # (the recursive head filters the input itself)
     encoder_weights: str = "" # local torchvision resnet18 state dict (ImageNet); empty: random init
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)
+    size: str = "default"     # default (ResNet-18 encoder) | lite (real-time: model/lite.py); setting it also
+                              # sets the widths in SIZES, except those given in the same overrides
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,11 @@ class Config:
     def save(self, path: str | Path) -> None:
         atomic_write_bytes(Path(path), self.to_json().encode())
 
+
+SIZES: dict[str, dict] = {  # model.size -> the ModelCfg values it implies (bench infer: GFLOP and time)
+    "default": {"model.fusion": 64, "model.hidden": 64, "model.layers": 2, "model.head_width": 16},
+    "lite": {"model.fusion": 32, "model.hidden": 16, "model.layers": 1, "model.head_width": 8},
+}
 
 PRESETS: dict[str, dict] = {
     # Crops are on the model's input grid (DRV: 918x1374). Memory per preset: `batman bench memory`.
@@ -160,6 +167,10 @@ def _coerce(value, current, key: str):
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
     """Return cfg with dotted keys ('model.hidden', 'seed') replaced; an unknown key is an error."""
     sections = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    if "model.size" in overrides:  # the size's widths first, so that explicit ones win
+        if overrides["model.size"] not in SIZES:
+            raise BatmanError(f"unknown model.size {overrides['model.size']!r}; choose one of {', '.join(SIZES)}")
+        overrides = {**SIZES[overrides["model.size"]], **overrides}
     changes: dict[str, dict] = {}
     top: dict = {}
     for key, value in overrides.items():

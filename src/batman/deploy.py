@@ -178,17 +178,20 @@ class OnnxStepper:
         return output
 
 
-def export_model(model: str | Path | None, out: str | Path, fmt: str = "onnx") -> dict:
+def export_model(model: str | Path | None, out: str | Path, fmt: str = "onnx", lite: bool = False) -> dict:
     """`batman export-model`: a checkpoint (or, without one, a freshly initialised model of the default
-    config) to a deployable file."""
+    config, or of model.size=lite with `lite`) to a deployable file."""
     if fmt not in FORMATS:
         raise BatmanError(f"export-model: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if model:
         from batman.ckpt import load_model
         net, cfg = load_model(model)
+        if lite and cfg.model.size != "lite":
+            raise BatmanError(f"export-model --lite: {model} holds a model.size={cfg.model.size} model; "
+                              f"drop --lite or give a lite checkpoint")
     else:
         from batman.config import make_config
-        cfg = make_config()
+        cfg = make_config("", {"model.size": "lite"} if lite else {})
         torch.manual_seed(cfg.seed)
         net = model_for(cfg).eval()
     layout = export_onnx(net, cfg, out)

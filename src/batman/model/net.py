@@ -26,9 +26,11 @@ from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.encoder import Encoder
 from batman.model.fusion import MFF
+from batman.model.lite import LiteEncoder
 from batman.model.unet import SIDUNet
 
 PAD_MULTIPLE = 32  # the encoder's deepest stride
+ENCODERS = {"default": Encoder, "lite": LiteEncoder}  # by ModelCfg.size
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
@@ -228,9 +230,12 @@ class VideoNet(nn.Module):
         super().__init__()
         if cfg.head not in HEADS:
             raise BatmanError(f"unknown model.head {cfg.head!r}; choose one of {', '.join(HEADS)}")
+        if cfg.size not in ENCODERS:
+            raise BatmanError(f"unknown model.size {cfg.size!r}; choose one of {', '.join(ENCODERS)}")
         self.in_channels, self.scale = in_channels, cfg.scale
-        self.encoder = Encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
-        self.fusion = MFF(Encoder.channels, cfg.fusion, cfg.norm)
+        encoder = ENCODERS[cfg.size]
+        self.encoder = encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
+        self.fusion = MFF(encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
         self.head = HEADS[cfg.head](cfg, in_channels, packed)
 
