@@ -117,3 +117,23 @@ def test_quality_verdicts_report_margins_and_misses():
     assert lines[1].endswith("+1.00 dB (target >= 2: MISSED)")
     assert "-1.00 dB" in lines[3] and lines[3].endswith("MISSED)")
     assert lines[5].endswith("(target > 0: MISSED)")  # equal MABD error is not lower
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_runs_on_the_cpu(tmp_path):
+    """scripts/gpu_check.py --tiny: every path of the GPU check (inference, training, compile) runs on the CPU."""
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--tiny", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {(r["model"], r["compile"]) for r in result["inference"]} == {
+        (m, c) for m in ("clstm", "lite", "unet") for c in (False, True)}
+    assert all(r["fps"] > 0 for r in result["inference"])
+    assert {(r["size"], r["compile"]) for r in result["training"]} == {
+        (s, c) for s in ("default", "lite") for c in (False, True)}
+    assert all(r["images_per_s"] > 0 for r in result["training"])
+    assert "lite / clstm" in (tmp_path / "gpu_check.md").read_text()

@@ -35,7 +35,8 @@ class LiteStage(nn.Module):
 
 class LiteEncoder(nn.Module):
     """(N, C, H, W), H and W multiples of 32 -> [(N, 16, H/4, W/4), (N, 32, H/8, W/8), (N, 64, H/16, W/16),
-    (N, 128, H/32, W/32)]; the same constructor and output contract as `Encoder`."""
+    (N, 128, H/32, W/32)]; the same constructor and output contract as `Encoder`. `checkpointing` is accepted
+    and not used: the lite encoder's activations are a small part of the model's."""
 
     channels = (16, 32, 64, 128)
     STEM = 16
