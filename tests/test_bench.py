@@ -98,7 +98,7 @@ def test_quality_bench_quick(tmp_path):
     from batman.bench import bench_quality
     result = bench_quality(tmp_path, quick=True)
     assert set(result["splits"]) == {"test", "dynamic"}
-    assert {"clstm", "conv3d", "unet", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
+    assert {"clstm", "conv3d", "unet", "lite", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
     assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
 
 
@@ -117,6 +117,10 @@ def test_quality_verdicts_report_margins_and_misses():
     assert lines[1].endswith("+1.00 dB (target >= 2: MISSED)")
     assert "-1.00 dB" in lines[3] and lines[3].endswith("MISSED)")
     assert lines[5].endswith("(target > 0: MISSED)")  # equal MABD error is not lower
+    assert len(lines) == 6  # no lite row without a lite model
+    static["lite"] = scores(29.4, 0.1)
+    lines = quality_verdicts({"test": {"mean": static}, "dynamic": {"mean": dynamic}})
+    assert lines[6] == "- static: lite PSNR - clstm: -1.60 dB (target >= -1.5: MISSED)"
 
 
 @pytest.mark.slow

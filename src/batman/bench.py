@@ -1,10 +1,11 @@
 """Benchmarks that print ratios of things measured side by side in the same run.
 
-    batman bench infer    per-frame time, FLOPs and FLOP rate of clstm / conv3d / unet (vs a matmul peak)
+    batman bench infer    per-frame time, FLOPs and FLOP rate of clstm / conv3d / unet / lite (vs a matmul peak),
+                          onnxruntime rows, and where the time goes per module
     batman bench export   peak RSS and frames/s of streaming export for 8, 32, 128 frames (vs model only)
     batman bench data     training clips/s from the prepared cache vs decoding the raws
     batman bench memory   training memory per preset (CUDA: measured; CPU: counted) vs its GPU budget
-    batman bench quality  a small study: train the three models alike, evaluate against the baselines
+    batman bench quality  a small study: train the three models and lite alike, evaluate against the baselines
     batman bench all      all of the above, and OUT/bench.md with every table
 
 Every speed figure is the median of several repetitions, and every comparison is between things
@@ -752,11 +753,13 @@ def bench_memory(out: Path | None = None, preset: str = "", quick: bool = False,
 
 QUALITY_DATA = dict(videos=12, frames=12, size=(512, 768), seed=QUALITY_SEED, dynamic=2)
 QUALITY_TRAIN = {"train.steps_per_epoch": 20, "train.epochs": 6, "train.lr": 1e-3, "train.val_clips": 2}
-QUALITY_MODELS = ("clstm", "conv3d", "unet")
+QUALITY_MODELS = {"clstm": {"model.name": "clstm"}, "conv3d": {"model.name": "conv3d"},  # run name -> overrides
+                  "unet": {"model.name": "unet"}, "lite": {"model.size": "lite"}}
+TARGET_LITE_PSNR_GAP_DB = 1.5         # lite's static PSNR at most this far below the default clstm's
 
 
 def bench_quality(out: Path, quick: bool = False) -> dict:
-    """Train clstm, conv3d and unet alike (cpu preset, QUALITY_TRAIN) on a synthetic set of its own seed and
+    """Train clstm, conv3d, unet and lite alike (cpu preset, QUALITY_TRAIN) on a synthetic set of its own seed and
     evaluate each on its test split and its dynamic videos against the traditional pipeline and the
     temporal mean. Writes quality.json, quality.md and quality.png (crops side by side)."""
     from batman.ckpt import best_checkpoint
@@ -772,11 +775,11 @@ def bench_quality(out: Path, quick: bool = False) -> dict:
         shutil.rmtree(data)
     synthesize(data, **data_spec)
     checkpoints, training = {}, {}
-    for name in QUALITY_MODELS:
+    for name, overrides in QUALITY_MODELS.items():
         run = out / name
         if run.exists():
             shutil.rmtree(run)  # stale checkpoints of an earlier run would be picked as the best
-        cfg = make_config("cpu", {"data.root": str(data), "model.name": name, **train_spec})
+        cfg = make_config("cpu", {"data.root": str(data), **overrides, **train_spec})
         start = time.perf_counter()
         summary = train(cfg, out=run)
         best = min(summary["history"], key=lambda h: h["val_loss"])  # the checkpoint evaluated below
@@ -786,7 +789,8 @@ def bench_quality(out: Path, quick: bool = False) -> dict:
         checkpoints[name] = best_checkpoint(run)
     reports = {}
     for split in ("test", "dynamic"):
-        reports[split] = evaluate(data, model=checkpoints["clstm"], baselines=[checkpoints["conv3d"], checkpoints["unet"]],
+        reports[split] = evaluate(data, model=checkpoints["clstm"],
+                                  baselines=[checkpoints[name] for name in QUALITY_MODELS if name != "clstm"],
                                   split=split, out=out / split, device="cpu")
     figure = out.parent / "quality.png"
     quality_figure(data, checkpoints, figure)
@@ -836,6 +840,8 @@ def quality_verdicts(reports: dict) -> list[str]:
               ("dynamic: clstm PSNR - unet (ghosting would make it negative)", gain(dynamic, "unet"), ">=", 0.0, "dB"),
               ("static: unet MABD error - clstm's", mabd_gain(static), ">", 0.0, "x1e-3"),
               ("dynamic: unet MABD error - clstm's", mabd_gain(dynamic), ">", 0.0, "x1e-3")]
+    if "lite" in static:
+        checks.append(("static: lite PSNR - clstm", -gain(static, "lite"), ">=", -TARGET_LITE_PSNR_GAP_DB, "dB"))
     return [f"- {label}: {value:+.2f} {unit} (target {op} {need:g}: "
             f"{'met' if (value >= need if op == '>=' else value > need) else 'MISSED'})"
             for label, value, op, need, unit in checks]
