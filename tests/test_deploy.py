@@ -93,3 +93,19 @@ def test_cli_export_model_fresh_default_and_lite(tmp_path, capsys):
     assert '"size": "lite"' in meta["batman_config"]
     assert lite.stat().st_size < out.stat().st_size / 10  # far fewer weights
     assert OnnxStepper(lite).step(frame).shape == (1, 3, 40, 56)
+
+
+def test_cli_export_model_from_a_checkpoint_keeps_its_weights(tmp_path, capsys):
+    from batman.ckpt import save_checkpoint
+    cfg = make_config("", {"model.size": "lite"})
+    model = perturbed_model(cfg, seed=5)
+    ckpt = tmp_path / "epoch_1_loss_0.1000.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": cfg.to_json()})
+    out = tmp_path / "lite.onnx"
+    assert main(["export-model", "--lite", "--model", str(ckpt), "--out", str(out)]) == 0
+    assert stream_both(model, out, video(40, 50, t=4)) <= 1e-3  # the checkpoint's weights, not fresh ones
+    default = tmp_path / "default.pt"
+    save_checkpoint(default, {"model": model_for(make_config()).state_dict(), "config": make_config().to_json()})
+    assert main(["export-model", "--lite", "--model", str(default), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "holds a model.size=default model" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
