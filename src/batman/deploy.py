@@ -15,7 +15,7 @@ encoder's multiple and cropping back happen inside the graph. The layout (names,
 the output scale and the model config are stored in the file's metadata (`batman_*` keys), and
 `OnnxStepper` below runs a file with onnxruntime holding the state between frames.
 
-onnx, onnxscript and onnxruntime are optional (`pip install batman[onnx]`); they are imported only here.
+onnx and onnxruntime are optional (`pip install batman[onnx]`); they are imported only here.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def export_onnx(model: nn.Module, cfg: Config, path: str | Path, example_size: t
     try:
         import onnx
     except ImportError:
-        raise BatmanError("export-model --format onnx needs onnx, onnxscript and onnxruntime: "
+        raise BatmanError("export-model --format onnx needs onnx and onnxruntime: "
                           "pip install 'batman[onnx]'") from None
     graph = StepGraph(model, cfg.data.in_channels)
     h, w = example_size
