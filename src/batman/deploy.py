@@ -15,7 +15,7 @@ encoder's multiple and cropping back happen inside the graph. The layout (names,
 the output scale and the model config are stored in the file's metadata (`batman_*` keys), and
 `OnnxStepper` below runs a file with onnxruntime holding the state between frames.
 
-onnx and onnxruntime are optional (`pip install batman[onnx]`); they are imported only here.
+onnx and onnxruntime are optional (`pip install batman[onnx]`); they are imported only when used.
 """
 from __future__ import annotations
 
