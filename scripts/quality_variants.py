@@ -19,6 +19,7 @@ VARIANTS = {
     "clstm (default)": {},
     "unet": {"model.name": "unet"},
     "conv3d": {"model.name": "conv3d"},
+    "lite (model.size=lite)": {"model.size": "lite"},
     "clstm head=skip without motion (previous default)": {"model.head": "skip", "data.motion": 0.0},
     "clstm without motion augmentation": {"data.motion": 0.0},
     "clstm motion 0.25": {"data.motion": 0.25},

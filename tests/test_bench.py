@@ -11,21 +11,35 @@ from batman.cli import main
 from batman.config import make_config
 
 
-def test_infer_quick_writes_three_models_with_flops(tmp_path, capsys):
+def test_infer_quick_writes_the_models_with_flops_and_a_module_profile(tmp_path, capsys):
+    from batman.bench import onnxruntime_available
     assert main(["bench", "infer", "--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "infer.json").read_text())
-    rows = result["devices"]["cpu"]["rows"]
-    assert {r["model"] for r in rows} == {"clstm", "conv3d", "unet"}
+    cpu = result["devices"]["cpu"]
+    rows = cpu["rows"]
+    ort = {"clstm onnxruntime", "lite onnxruntime"} if onnxruntime_available() else set()
+    assert {r["model"] for r in rows} == {"clstm", "conv3d", "unet", "lite"} | ort
     for r in rows:
         assert r["gflop_per_frame"] > 0 and r["params"] > 0
-        assert set(r["time_ms"]) == {"contiguous", "channels_last"} and min(r["time_ms"].values()) > 0
+        formats = {"onnxruntime"} if r["model"] in ort else {"contiguous", "channels_last"}
+        assert set(r["time_ms"]) == formats and min(r["time_ms"].values()) > 0
         assert r["best_time_ms"] == min(r["time_ms"].values())
-    ratios = {r["model"]: r["ratio"] for r in result["devices"]["cpu"]["ratios_to_unet"]}
-    assert set(ratios) == {"clstm", "conv3d"} and all(v > 0 for v in ratios.values())
-    # the U-Net does more arithmetic per frame than the recurrent model on the same input
+    ratios = {r["model"]: r["ratio"] for r in cpu["ratios_to_unet"]}
+    assert set(ratios) == {"clstm", "conv3d", "lite"} | ort and all(v > 0 for v in ratios.values())
+    # the U-Net does more arithmetic per frame than the recurrent model on the same input, lite far less
     flops = {r["model"]: r["gflop_per_frame"] for r in rows}
-    assert flops["unet"] > flops["clstm"]
-    assert "time / unet" in capsys.readouterr().out
+    assert flops["unet"] > flops["clstm"] > 8 * flops["lite"]
+    assert all(flops[f"{m} onnxruntime"] == flops[m] for m in ("clstm", "lite") if ort)
+    assert 0 < cpu["lite_gflop_720p"] <= 15
+    # the profile: four parts per model whose FLOPs add up to the whole step's, shares summing to 1
+    profile = cpu["profile"]
+    for model in ("clstm", "lite"):
+        parts = [p for p in profile if p["model"] == model]
+        assert [p["module"] for p in parts] == ["encoder", "fusion", "temporal", "head"]
+        assert sum(p["gflop"] for p in parts) == pytest.approx(flops[model], rel=1e-6)
+        assert sum(p["share"] for p in parts) == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    assert "time / unet" in out and "per 1280x720 frame" in out and "Where the time goes" in out
 
 
 def test_memory_quick_prints_estimate_beside_budget(tmp_path, capsys):
@@ -84,7 +98,7 @@ def test_quality_bench_quick(tmp_path):
     from batman.bench import bench_quality
     result = bench_quality(tmp_path, quick=True)
     assert set(result["splits"]) == {"test", "dynamic"}
-    assert {"clstm", "conv3d", "unet", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
+    assert {"clstm", "conv3d", "unet", "lite", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
     assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
 
 
@@ -103,3 +117,27 @@ def test_quality_verdicts_report_margins_and_misses():
     assert lines[1].endswith("+1.00 dB (target >= 2: MISSED)")
     assert "-1.00 dB" in lines[3] and lines[3].endswith("MISSED)")
     assert lines[5].endswith("(target > 0: MISSED)")  # equal MABD error is not lower
+    assert len(lines) == 6  # no lite row without a lite model
+    static["lite"] = scores(29.4, 0.1)
+    lines = quality_verdicts({"test": {"mean": static}, "dynamic": {"mean": dynamic}})
+    assert lines[6] == "- static: lite PSNR - clstm: -1.60 dB (target >= -1.5: MISSED)"
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_runs_on_the_cpu(tmp_path):
+    """scripts/gpu_check.py --tiny: every path of the GPU check (inference, training, compile) runs on the CPU."""
+    import importlib.util
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--tiny", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {(r["model"], r["compile"]) for r in result["inference"]} == {
+        (m, c) for m in ("clstm", "lite", "unet") for c in (False, True)}
+    assert all(r["fps"] > 0 for r in result["inference"])
+    assert {(r["size"], r["compile"]) for r in result["training"]} == {
+        (s, c) for s in ("default", "lite") for c in (False, True)}
+    assert all(r["images_per_s"] > 0 for r in result["training"])
+    assert "lite / clstm" in (tmp_path / "gpu_check.md").read_text()

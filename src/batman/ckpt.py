@@ -92,7 +92,7 @@ def checkpoint_config(ckpt: dict, path: str | Path = "checkpoint") -> Config:
 
 def describe_model(cfg: Config) -> str:
     m = cfg.model
-    return (f"{m.name} (mode={cfg.data.mode}, hidden={m.hidden}, layers={m.layers}, norm={m.norm}, "
+    return (f"{m.name} (size={m.size}, mode={cfg.data.mode}, hidden={m.hidden}, layers={m.layers}, norm={m.norm}, "
             f"head={m.head}, scale={m.scale})")
 
 

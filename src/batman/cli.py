@@ -143,6 +143,12 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_export_model(args) -> int:
+    from batman.deploy import export_model
+    export_model(args.model, args.out, fmt=args.format, lite=args.lite)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from batman.bench import run_bench
     run_bench(args.what, out=args.out, preset=args.preset or "", quick=args.quick, device=args.device)
@@ -283,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("models", cmd_models, "list the model variants with their parameter counts")
     add_config_args(sp)
+
+    sp = add("export-model", cmd_export_model, "write a model's streaming step(frame, state) as ONNX")
+    sp.add_argument("--format", default="onnx", choices=["onnx"])
+    sp.add_argument("--model", type=Path, default=None, help="checkpoint (default: a fresh default model)")
+    sp.add_argument("--lite", action="store_true", help="a model.size=lite model (with --model: checked)")
+    sp.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
 
     sp = add("bench", cmd_bench, "benchmarks that print ratios measured side by side")
     sp.add_argument("what", choices=["infer", "export", "data", "memory", "quality", "all"], help="which benchmark")

@@ -72,6 +72,8 @@ class ModelCfg:
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)
     align: str = "none"       # none | flow: warp the recurrent states by the flow from the previous frame's
                               # features before each update (model/align.py), so the filter follows motion
+    size: str = "default"     # default (ResNet-18 encoder) | lite (real-time: model/lite.py); setting it also
+                              # sets the widths in SIZES, except those given in the same overrides
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,11 @@ class Config:
     def save(self, path: str | Path) -> None:
         atomic_write_bytes(Path(path), self.to_json().encode())
 
+
+SIZES: dict[str, dict] = {  # model.size -> the ModelCfg values it implies (bench infer: GFLOP and time)
+    "default": {"model.fusion": 64, "model.hidden": 64, "model.layers": 2, "model.head_width": 16},
+    "lite": {"model.fusion": 32, "model.hidden": 16, "model.layers": 1, "model.head_width": 8},
+}
 
 PRESETS: dict[str, dict] = {
     # Crops are on the model's input grid (DRV: 918x1374). Memory per preset: `batman bench memory`.
@@ -205,6 +212,11 @@ def _unknown_key(key: str, cfg: Config) -> BatmanError:
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
     """Return cfg with dotted keys ('model.hidden', 'seed') replaced; an unknown key is an error."""
     sections = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    if "model.size" in overrides:  # the size's widths first, so that explicit ones win
+        if not isinstance(overrides["model.size"], str) or overrides["model.size"] not in SIZES:
+            raise BatmanError(f"config key model.size: expected one of {', '.join(SIZES)}, "
+                              f"got {overrides['model.size']!r}")
+        overrides = {**SIZES[overrides["model.size"]], **overrides}
     changes: dict[str, dict] = {}
     top: dict = {}
     for key, value in overrides.items():
@@ -297,6 +309,7 @@ CHECKS: dict[str, Check] = {
     "model.norm": _choice("batch", "group", "frozen"), "model.head": _choice("recursive", "skip", "shuffle"),
     "model.head_width": _int(1, 1024), "model.scale": _int(1, 2), "model.mean_input": _flag,
     "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow"),
+    "model.size": _choice("default", "lite"),
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6), "train.bptt": _int(0, 10_000),

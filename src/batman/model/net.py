@@ -27,9 +27,11 @@ from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.encoder import Encoder
 from batman.model.fusion import MFF
+from batman.model.lite import LiteEncoder
 from batman.model.unet import SIDUNet
 
 PAD_MULTIPLE = 32  # the encoder's deepest stride
+ENCODERS = {"default": Encoder, "lite": LiteEncoder}  # by ModelCfg.size
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
@@ -62,7 +64,7 @@ def running_mean(x: torch.Tensor, state):
     """Causal mean of the input frames: x (B, T, C, H, W) -> (mean (B, T, C, H, W), (sum, count))."""
     total, count = state if state is not None else (torch.zeros_like(x[:, 0]), 0)
     sums = total.unsqueeze(1) + x.cumsum(1)
-    counts = torch.arange(count + 1, count + x.shape[1] + 1, device=x.device, dtype=x.dtype)
+    counts = count + torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)  # count: int or tensor
     return sums / counts.view(1, -1, 1, 1, 1), (sums[:, -1], count + x.shape[1])
 
 
@@ -187,7 +189,7 @@ class RecursiveHead(nn.Module):
             else:
                 y, m = self.frame(*args)
             outs.append(y)
-            count += 1
+            count = count + 1  # not +=: a tensor count (deploy.py) must not change in place
         return torch.stack(outs, 1), (m, count)
 
     def frame(self, up, x, m, first_weight):
@@ -231,9 +233,12 @@ class VideoNet(nn.Module):
         super().__init__()
         if cfg.head not in HEADS:
             raise BatmanError(f"unknown model.head {cfg.head!r}; choose one of {', '.join(HEADS)}")
+        if cfg.size not in ENCODERS:
+            raise BatmanError(f"unknown model.size {cfg.size!r}; choose one of {', '.join(ENCODERS)}")
         self.in_channels, self.scale = in_channels, cfg.scale
-        self.encoder = Encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
-        self.fusion = MFF(Encoder.channels, cfg.fusion, cfg.norm)
+        encoder = ENCODERS[cfg.size]
+        self.encoder = encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
+        self.fusion = MFF(encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
         self.head = HEADS[cfg.head](cfg, in_channels, packed)
         if cfg.align not in ("none", "flow"):
