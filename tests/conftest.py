@@ -75,3 +75,13 @@ def make_drv(tmp_path):
 def png16():
     """write_png16(path, rgb16): the package's 16-bit RGB PNG writer (uint16 values written as they are)."""
     return write_png16
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads, and spinning OpenMP workers slow a busy machine down."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,12 +14,7 @@ from batman.model.net import model_for
 LITE_GFLOP_720P = 15.0  # issue 15: <= 15 GFLOP per 1280x720 output frame
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gflop_per_frame(cfg, h=720, w=1280) -> float:

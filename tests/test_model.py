@@ -20,13 +20,7 @@ from batman.model.net import MODELS, build_model, describe_models, detach_state
 TINY = ModelCfg(hidden=16, fusion=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and spinning OpenMP workers slow a busy machine down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> ModelCfg:

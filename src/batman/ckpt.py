@@ -299,11 +299,24 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise BatmanError(f"{checkpoint} holds non-finite weights (or weights beyond float16): not released")
     atomic_write_bytes(out, save(state, metadata={"format": WEIGHTS_FORMAT, "config": cfg.to_json()}))
+    model, _ = load_model(out)
     sidecar = {"weights": out.name, "sha256": sha256_of(out), "format": WEIGHTS_FORMAT, "source": str(checkpoint),
                "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "commit": ckpt.get("commit"),
-               "config": cfg.to_dict(), **(card or {})}
+               "reference_output": reference_output(model), "config": cfg.to_dict(), **(card or {})}
     atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def reference_output(model: torch.nn.Module) -> list[float]:
+    """The model's output on a fixed small clip (uniform noise of seed 0, (1, 4, C, 48, 64) x 0.3): 32
+    values spread over the last frame plus its mean, kept beside released weights so that a silent change of
+    the architecture or the weights shows (tests/test_shipped.py)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((1, 4, model.in_channels, 48, 64), generator=g) * 0.3
+    with torch.no_grad():
+        y = model(x)[0][0, -1].float()
+    picks = y.flatten()[torch.linspace(0, y.numel() - 1, 32).long()]
+    return [round(v, 6) for v in picks.tolist()] + [round(float(y.mean()), 6)]
 
 
 def load_weights(path: Path) -> tuple[dict, Config]:

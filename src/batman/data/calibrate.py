@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from batman.config import BatmanError
-from batman.data.drv import ANY_RAW_SUFFIXES, list_raw_files
+from batman.data.drv import raw_folder
 from batman.data.noise import CAMERA_FORMAT, tukey_lambda_variance
 from batman.data.raw import RawFrame, canonical_offsets, read_raw
 from batman.files import atomic_path, atomic_write_text
@@ -48,13 +48,7 @@ LAMBDA_BRACKET = (-0.3, 0.3)
 
 def raw_files(folder: str | Path, kind: str) -> list[Path]:
     """The raw files in a folder, by name (sidecars such as the JPEGs of RAW+JPEG shooting are skipped)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BatmanError(f"calibrate: no {kind} folder {folder}")
-    paths = list_raw_files(folder, ANY_RAW_SUFFIXES)
-    if not paths:
-        raise BatmanError(f"calibrate: no {kind} frames in {folder} (raw files: {', '.join(sorted(ANY_RAW_SUFFIXES))})")
-    return paths
+    return raw_folder(folder, f"calibrate: {kind}")
 
 
 def frame_iso(path: str | Path) -> int | None:

@@ -310,15 +310,23 @@ def load_split(root: str | Path, split: str, mode: str = "raw", cache: str | Pat
     return [_load_video(root, vid, mode, frame_cache) for vid in split_ids(root, split)]
 
 
-def folder_video(folder: str | Path, gain: float = 1.0) -> Video:
-    """A plain folder of raw frames (no ground truth), e.g. for `batman export --input FOLDER`; the
-    gain is the same for every frame (see batman.exposure for choosing it from the burst)."""
+def raw_folder(folder: str | Path, what: str) -> list[Path]:
+    """The raw frames of a plain folder (any camera LibRaw reads; sidecar JPEGs skipped), by name; a missing
+    or empty folder is a one-line error saying what it was for (`what`: 'input', 'calibrate: dark', ...)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise BatmanError(f"input folder {folder} does not exist")
+        raise BatmanError(f"{what} folder {folder} does not exist")
     frames = list_raw_files(folder, ANY_RAW_SUFFIXES)
     if not frames:
-        raise BatmanError(f"input folder {folder} has no raw frames (.ARW, .dng, .CR2, .NEF, ...)")
+        raise BatmanError(f"{what} folder {folder} has no raw frames (.ARW, .dng, .CR2, .NEF, ...)")
+    return frames
+
+
+def folder_video(folder: str | Path, gain: float = 1.0) -> Video:
+    """A plain folder of raw frames (no ground truth), e.g. for `batman export --input FOLDER`; the
+    gain is the same for every frame (batman.infer.auto_gain chooses it from the burst)."""
+    folder = Path(folder)
+    frames = raw_folder(folder, "input")
     headers = [read_header(p) for p in frames]
     sizes = [h.size for h in headers]
     _check_sizes(frames, sizes)

@@ -1,0 +1,58 @@
+"""The shipped default weights (trained_model/, `make pretrain`): they load, reproduce the output stored when
+they were released, refuse a damaged file, and expose a user's dark burst correctly with no --gain."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from batman import ckpt
+from batman.config import BatmanError
+from batman.data.dataset import load_targets
+from batman.data.drv import load_split
+from batman.data.synth import synthesize
+from batman.export import export
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "images" / "kodak24"
+pytestmark = pytest.mark.skipif(not ckpt.SHIPPED.is_file(), reason="no shipped weights (make pretrain)")
+
+
+def test_shipped_weights_are_small_and_reproduce_their_reference_output():
+    sidecar = json.loads(ckpt.SHIPPED.with_suffix(".json").read_text())
+    assert ckpt.SHIPPED.stat().st_size <= 30e6
+    model, cfg = ckpt.load_model(ckpt.SHIPPED)
+    assert cfg.data.exposure_level > 0 and cfg.data.colour == "srgb"
+    np.testing.assert_allclose(ckpt.reference_output(model), sidecar["reference_output"], atol=2e-3)
+
+
+def test_a_damaged_weights_file_is_refused(tmp_path):
+    copy = tmp_path / ckpt.SHIPPED.name
+    shutil.copy(ckpt.SHIPPED, copy)
+    shutil.copy(ckpt.SHIPPED.with_suffix(".json"), copy.with_suffix(".json"))
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(BatmanError, match="does not match the sha256"):
+        ckpt.load_model(copy)
+
+
+@pytest.mark.skipif(not PHOTOS.is_dir(), reason="../shared/images not beside the checkout")
+def test_a_dark_burst_of_held_out_photos_comes_out_as_bright_as_its_truth(tmp_path):
+    """No --model, no --gain (the acceptance of the exposure work): a burst of a held-out photo from a
+    held-out camera, 50-300x too dark; --gain changes the result."""
+    root = tmp_path / "burst"
+    synthesize(root, videos=2, frames=4, size=(192, 256), seed=3, images=PHOTOS, only=("kodim2[0-4]*",),
+               cameras="heldout", test_only=True)
+    for video in load_split(root, "test"):
+        folder = root / "short" / video.id
+        truth = next(load_targets(video))
+        export(input_folder=folder, model=ckpt.SHIPPED, out=tmp_path / "auto", device="cpu")
+        auto = iio.imread(tmp_path / "auto" / "frames" / video.id / "0004.png") / 255.0
+        assert abs(auto.mean() / truth.mean() - 1) < 0.2, (auto.mean(), truth.mean())
+        export(input_folder=folder, model=ckpt.SHIPPED, out=tmp_path / "dim", device="cpu", gain=10.0)
+        dim = iio.imread(tmp_path / "dim" / "frames" / video.id / "0004.png") / 255.0
+        assert dim.mean() < 0.8 * auto.mean()
