@@ -257,17 +257,21 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def read_weights(path: Path) -> tuple[dict, Config]:
+    """(model state dict, config) of a checkpoint (.pt) or of released weights (.safetensors)."""
+    if path.suffix == ".safetensors":
+        return load_weights(path)
+    ckpt = load_checkpoint(path)
+    return ckpt["model"], checkpoint_config(ckpt, path)
+
+
 def load_model(path: str | Path | None, device: str | torch.device = "cpu"):
     """Build the model a checkpoint (.pt) or released weights (.safetensors) describe (None: the default
     model) and load its weights: (model in eval mode, config)."""
     from batman.model.net import model_for
 
     path = resolve_model(path)
-    if path.suffix == ".safetensors":
-        state, cfg = load_weights(path)
-    else:
-        ckpt = load_checkpoint(path)
-        state, cfg = ckpt["model"], checkpoint_config(ckpt, path)
+    state, cfg = read_weights(path)
     model = model_for(without_init(cfg))
     load_state_strict(model, state, path)
     return model.to(device).eval(), cfg

@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(sp)
 
     sp = add("export-model", cmd_export_model, "write a model's streaming step(frame, state) as ONNX")
-    sp.add_argument("--format", default="onnx", choices=["onnx"])
-    sp.add_argument("--model", type=Path, default=None, help="checkpoint (default: a fresh default model)")
+    sp.add_argument("--format", default="onnx", choices=["onnx"], help="the file format")
+    sp.add_argument("--model", type=Path, default=None,
+                    help="checkpoint or weights (default: the default model, printed; with --lite an untrained one)")
     sp.add_argument("--lite", action="store_true", help="a model.size=lite model (with --model: checked)")
     sp.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
 

@@ -179,21 +179,23 @@ class OnnxStepper:
 
 
 def export_model(model: str | Path | None, out: str | Path, fmt: str = "onnx", lite: bool = False) -> dict:
-    """`batman export-model`: a checkpoint (or, without one, a freshly initialised model of the default
-    config, or of model.size=lite with `lite`) to a deployable file."""
+    """`batman export-model`: a checkpoint, or without one the default model (the newest run's best, else the
+    shipped weights), to a deployable file. `lite` without a checkpoint: a freshly initialised lite model
+    (no trained lite weights ship yet), said so."""
+    from batman.ckpt import load_model
     if fmt not in FORMATS:
         raise BatmanError(f"export-model: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if model:
-        from batman.ckpt import load_model
+    if model or not lite:
         net, cfg = load_model(model)
         if lite and cfg.model.size != "lite":
             raise BatmanError(f"export-model --lite: {model} holds a model.size={cfg.model.size} model; "
                               f"drop --lite or give a lite checkpoint")
     else:
         from batman.config import make_config
-        cfg = make_config("", {"model.size": "lite"} if lite else {})
+        cfg = make_config("", {"model.size": "lite"})
         torch.manual_seed(cfg.seed)
         net = model_for(cfg).eval()
+        print("export-model: an untrained lite model (pass --model for trained lite weights)")
     layout = export_onnx(net, cfg, out)
     print(f"export-model: {out} ({fmt}, {len(layout['state'])} state tensors, scale {layout['scale']})")
     return layout

@@ -377,14 +377,14 @@ def architecture(cfg: Config) -> tuple:
 
 
 def load_init_weights(model, path: str | Path, cfg: Config) -> None:
-    """--init: only the weights of a checkpoint (fine-tuning); another architecture is a one-line error."""
+    """--init: only the weights of a checkpoint or of released weights (fine-tuning); another architecture
+    is a one-line error."""
     path = Path(path)
-    ckpt = ckpts.load_checkpoint(path)
-    saved = ckpts.checkpoint_config(ckpt, path)
+    state, saved = ckpts.read_weights(path)
     if architecture(saved) != architecture(cfg):
         raise BatmanError(f"--init {path} holds a {ckpts.describe_model(saved)} model, not the requested "
                           f"{ckpts.describe_model(cfg)}: pass the --set values it was trained with")
-    ckpts.load_state_strict(model, ckpt["model"], path)
+    ckpts.load_state_strict(model, state, path)
 
 
 def check_ranks_agree(model, d: Dist) -> None:
