@@ -14,7 +14,7 @@ PYTEST_ARGS   ?=
 SET           ?=
 photos        ?= ../shared/images
 pretrain_dir  ?= build/pretrain
-minutes       ?= 60
+minutes       ?= 95
 HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
 
 MODEL_ARG := $(if $(model),--model $(model),)
@@ -79,7 +79,7 @@ export_video: install  ## enhance videos into result_path/video/*.mp4 and result
 bench: install  ## benchmarks: inference, export, data, memory, quality study
 	$(BATMAN) bench all --out $(result_path)/bench
 
-pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; kodim19-24 held out; minutes=60 per model)
+pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; kodim19-24 held out; minutes=95 per model)
 	$(BATMAN) synth --out $(pretrain_dir)/train_data --images $(photos) --exclude $(HELDOUT) --videos 120 --dynamic 40 \
 	    --frames 12 --size 768x768 --cameras train --seed 1
 	$(BATMAN) synth --out $(pretrain_dir)/heldout --images $(photos) --only $(HELDOUT) --videos 12 --dynamic 6 \
@@ -89,10 +89,14 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet --resume auto \
 	    --set train.max_minutes=$(minutes) model.name=unet $(SET)
 	$(BATMAN) release $(pretrain_dir)/clstm --out trained_model/batman_default.safetensors
-	$(BATMAN) evaluate --root $(pretrain_dir)/heldout --model trained_model/batman_default.safetensors \
-	    --compare $(pretrain_dir)/unet/last.pt --out $(pretrain_dir)/eval_static
-	$(BATMAN) evaluate --root $(pretrain_dir)/heldout --split dynamic --model trained_model/batman_default.safetensors \
-	    --compare $(pretrain_dir)/unet/last.pt --out $(pretrain_dir)/eval_dynamic
+	$(BATMAN) release $(pretrain_dir)/unet --out $(pretrain_dir)/unet.safetensors
+	for split in test dynamic; do \
+	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/eval_$$split \
+	      --model trained_model/batman_default.safetensors --compare $(pretrain_dir)/unet.safetensors || exit 1; \
+	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/classical_$$split \
+	      --model $(pretrain_dir)/unet.safetensors --baselines traditional mean bm3d mean-bm3d bm4d \
+	      --videos $$( [ $$split = test ] && echo 0001 0003 || echo M0000 M0001 ) || exit 1; \
+	done
 
 clean:  ## remove caches (keeps .venv, checkpoints and results)
 	rm -rf .pytest_cache build src/*.egg-info
