@@ -108,9 +108,15 @@ def test_default_model_is_the_best_of_the_newest_run_not_the_best_overall(tmp_pa
     assert str(path) in why and "run new" in why and "1 newer without one yet" in why and "of 3 runs" in why
 
 
-def test_no_run_says_how_to_get_one(tmp_path):
-    with pytest.raises(BatmanError, match="train one first"):
+def test_no_run_falls_back_to_the_shipped_weights_else_says_how_to_get_one(tmp_path, monkeypatch):
+    shipped = tmp_path / "trained_model" / "w.safetensors"
+    monkeypatch.setattr(ckpt, "SHIPPED", shipped)
+    with pytest.raises(BatmanError, match="train one first.*make pretrain"):
         ckpt.find_default_model(tmp_path / "runs")
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"weights")
+    path, line = ckpt.find_default_model(tmp_path / "runs")
+    assert path == shipped and "shipped default weights" in line
 
 
 def test_resolve_model_prints_its_choice(tmp_path, monkeypatch, capsys):
