@@ -300,8 +300,9 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt, checkpoint)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-        raise BatmanError(f"{checkpoint} holds non-finite weights (or weights beyond float16): not released")
+    bad = non_finite(state)
+    if bad:
+        raise BatmanError(f"{checkpoint} holds non-finite weights (or beyond float16: {bad}): not released")
     atomic_write_bytes(out, save(state, metadata={"format": WEIGHTS_FORMAT, "config": cfg.to_json()}))
     model, _ = load_model(out)
     sidecar = {"weights": out.name, "sha256": sha256_of(out), "format": WEIGHTS_FORMAT, "source": str(checkpoint),

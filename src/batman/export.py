@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 from contextlib import ExitStack
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -250,13 +251,13 @@ def burst_video(cfg: Config, folder, gain: float | None = None):
         if not 0 < gain < float("inf"):
             raise BatmanError(f"--gain must be a positive number, got {gain}")
         tqdm.write(f"{video.id}: gain {gain:g}, from --gain")
-        return folder_video(folder, gain)
+        return replace(video, gains=(float(gain),) * len(video.frames))
     if not cfg.data.exposure_level > 0:
         raise BatmanError(f"the model does not record the brightness it was trained at (data.exposure_level): "
                           f"pass --gain G for {folder}")
     chosen = auto_gain(video, cfg.data)
     tqdm.write(f"{video.id}: gain {chosen:.1f}, from the burst's brightness (--gain G overrides)")
-    return folder_video(folder, chosen)
+    return replace(video, gains=(chosen,) * len(video.frames))
 
 
 def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=None, gain: float | None = None):
