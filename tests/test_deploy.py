@@ -46,7 +46,8 @@ def video(h, w, t=16, seed=1):
 
 
 @pytest.mark.parametrize("overrides, frames", [({}, 16), ({"model.name": "unet"}, 2),
-                                               ({"model.name": "conv3d", "model.scale": 2}, 5)])
+                                               ({"model.name": "conv3d", "model.scale": 2}, 5),
+                                               ({"model.encoder_mean": True, "model.pipeline": "fixed"}, 4)])
 def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     cfg = make_config("", overrides)
     model = perturbed_model(cfg)
@@ -58,7 +59,7 @@ def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     if cfg.model.name == "clstm":  # (h, c) per ConvLSTM layer, then the head's filter state and count
         names = [name for name, _, _ in layout["state"]]
         assert names == ["state_temporal_0_0", "state_temporal_0_1", "state_temporal_1_0", "state_temporal_1_1",
-                         "state_head_0", "state_head_1"]
+                         "state_head_0", "state_head_1"] + (["state_mean_0", "state_mean_1"] if cfg.model.encoder_mean else [])
 
 
 def test_state_leaf_shape_follows_padding():

@@ -74,9 +74,10 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
 @pytest.mark.parametrize("cfg", [tiny(name="clstm"), tiny(name="clstm", mean_input=True, head="shuffle"),
                                  tiny(name="clstm", mean_input=True), tiny(name="conv3d"),
                                  tiny(name="conv3d", t_kernel=2, mean_input=True), tiny(name="unet"),
-                                 tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2)],
+                                 tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2),
+                                 tiny(name="clstm", encoder_mean=True, pipeline="fixed")],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
-                              "clstm-recursive", "conv3d-recursive-x2"])
+                              "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()
@@ -119,6 +120,35 @@ def test_recursive_head_starts_as_the_temporal_mean_through_a_camera_pipeline(na
     assert (y - expected).abs().max() < 0.01  # the gate starts at sigmoid(-6), not exactly 0
     filtered, count = state["head"]
     assert count == 5 and (filtered[..., :40, :56] - mean[:, -1]).abs().max() < 0.01  # state on the padded grid
+
+
+def test_fixed_pipeline_is_the_exact_srgb_gamma_and_learns_nothing():
+    from batman.data.isp import gamma_srgb
+    model = build_model(tiny(pipeline="fixed"), 4)
+    head = model.head
+    assert head.colour is None and not any(n.startswith("head.colour") or "curve" in n for n, _ in model.named_parameters())
+    x = torch.linspace(0, 1, 1001).view(1, 1, 1, -1).expand(1, 4, 1, -1)
+    rgb = head.pipeline(x)
+    assert (rgb - torch.from_numpy(gamma_srgb(x[:, :3].double().numpy())).float()).abs().max() < 1e-5
+    learned = build_model(tiny(), 4).head
+    assert (learned.pipeline(x) - rgb).abs().max() < 0.01  # the learned one starts there (piecewise linear)
+
+
+def test_encoder_mean_feeds_the_encoder_the_running_mean():
+    """The encoder's stem sees 2C channels: the frame and the causal mean of the frames so far (in the state)."""
+    torch.manual_seed(0)
+    model = build_model(tiny(encoder_mean=True), 4).eval()
+    assert model.encoder.conv1.in_channels == 8
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    x = clip(t=3)
+    with torch.no_grad():
+        _, state = model(x[:, :2])
+        _, state = model(x[:, 2:], state)
+    total, count = state["mean"]
+    assert count == 3 and torch.allclose(total, x.sum(1))
+    assert torch.allclose(seen[1][0, 4:], x.mean(1)[0], atol=1e-6)  # third frame's mean: all three
+    assert torch.equal(seen[1][0, :4], x[0, 2])
 
 
 def test_recursive_head_forgets_where_its_gate_opens():

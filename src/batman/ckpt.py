@@ -123,6 +123,34 @@ def load_state_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def load_state_widened(model: torch.nn.Module, state: dict, path: Path) -> str:
+    """Load weights of a closely related architecture (train --init after a change of model.encoder_mean or
+    model.pipeline): equal tensors are copied, a convolution that gained input channels keeps its old
+    filters with zeros for the new channels (so the network computes what it did), tensors only one side
+    has are dropped or left initial. Returns a line saying what was adapted."""
+    own, new = model.state_dict(), {}
+    widened, fresh = [], []
+    for key, value in own.items():
+        old = state.get(key)
+        if old is None:
+            new[key] = value
+            fresh.append(key)
+        elif old.shape == value.shape:
+            new[key] = old
+        elif old.dim() == 4 and old.shape[0] == value.shape[0] and old.shape[2:] == value.shape[2:] \
+                and old.shape[1] < value.shape[1]:
+            new[key] = torch.zeros_like(value)
+            new[key][:, :old.shape[1]] = old
+            widened.append(key)
+        else:
+            raise BatmanError(f"checkpoint {path} does not fit this model: shape of {key} is "
+                              f"{tuple(old.shape)}, model has {tuple(value.shape)}")
+    dropped = [k for k in state if k not in own]
+    model.load_state_dict(new)
+    return (f"{len(own) - len(fresh) - len(widened)} tensors copied, widened with zeros: {widened or 'none'}, "
+            f"left initial: {fresh or 'none'}, dropped: {dropped or 'none'}")
+
+
 def epoch_checkpoints(folder: str | Path) -> list[tuple[float, int, Path]]:
     """(val_loss, epoch, path) of every epoch checkpoint in a folder, best first."""
     folder = Path(folder)

@@ -74,6 +74,10 @@ class ModelCfg:
                               # features before each update (model/align.py), so the filter follows motion
     size: str = "default"     # default (ResNet-18 encoder) | lite (real-time: model/lite.py); setting it also
                               # sets the widths in SIZES, except those given in the same overrides
+    pipeline: str = "learned" # recursive head's colour matrix and tone curve: learned | fixed (identity and the
+                              # sRGB gamma: exact when the input is linear sRGB and the truth its gamma, as synth's)
+    encoder_mean: bool = False  # the encoder also sees the causal running mean of the inputs (its spatial
+                              # denoising then starts from the temporally averaged frame, as mean + BM3D does)
 
 
 @dataclass(frozen=True)
@@ -309,7 +313,8 @@ CHECKS: dict[str, Check] = {
     "model.norm": _choice("batch", "group", "frozen"), "model.head": _choice("recursive", "skip", "shuffle"),
     "model.head_width": _int(1, 1024), "model.scale": _int(1, 2), "model.mean_input": _flag,
     "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow"),
-    "model.size": _choice("default", "lite"),
+    "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
+    "model.encoder_mean": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6), "train.bptt": _int(0, 10_000),

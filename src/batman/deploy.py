@@ -98,10 +98,11 @@ class StepGraph(nn.Module):
         if isinstance(self.model.head, RecursiveHead):
             m, count = state["head"]
             state["head"] = (torch.where(count > 0, m, x), count)  # a zero count: the filter starts at the frame
-        feats = self.model.fusion(self.model.encoder(x)).unsqueeze(1)
+        seen, mean = self.model.encoder_input(x.unsqueeze(1), state.get("mean"))
+        feats = self.model.fusion(self.model.encoder(seen[:, 0])).unsqueeze(1)
         feats, temporal = self.model.temporal(feats, state["temporal"])
         y, head = self.model.head(feats, x.unsqueeze(1), state["head"])
-        leaves = pytree.tree_leaves({"temporal": temporal, "head": head})
+        leaves = pytree.tree_leaves({"temporal": temporal, "head": head, **({"mean": mean} if mean else {})})
         return (y[:, 0, :, :h * s, :w * s], *leaves)
 
     def zero_state(self, h: int, w: int) -> list[torch.Tensor]:

@@ -376,15 +376,26 @@ def architecture(cfg: Config) -> tuple:
     return replace(cfg.model, checkpointing=False, encoder_weights=""), cfg.data.mode, cfg.data.in_channels
 
 
-def load_init_weights(model, path: str | Path, cfg: Config) -> None:
-    """--init: only the weights of a checkpoint or of released weights (fine-tuning); another architecture
-    is a one-line error."""
+# Model fields --init may change: the new model starts out computing what the saved one did (or nearly:
+# a fixed pipeline replaces a learned one) and training adapts the rest.
+WIDENABLE = ("encoder_mean", "pipeline")
+
+
+def load_init_weights(model, path: str | Path, cfg: Config) -> str:
+    """--init: only the weights of a checkpoint or of released weights (fine-tuning). Another architecture
+    is a one-line error, unless it differs only in WIDENABLE fields (ckpt.load_state_widened).
+    Returns a line saying how the weights were taken."""
     path = Path(path)
     state, saved = ckpts.read_weights(path)
-    if architecture(saved) != architecture(cfg):
+    (saved_model, *saved_data), (model_cfg, *data) = architecture(saved), architecture(cfg)
+    if (saved_model, saved_data) == (model_cfg, data):
+        ckpts.load_state_strict(model, state, path)
+        return f"fine-tuning from the weights of {path}"
+    if saved_data != data or replace(saved_model, **{f: getattr(model_cfg, f) for f in WIDENABLE}) != model_cfg:
         raise BatmanError(f"--init {path} holds a {ckpts.describe_model(saved)} model, not the requested "
                           f"{ckpts.describe_model(cfg)}: pass the --set values it was trained with")
-    ckpts.load_state_strict(model, state, path)
+    changed = ", ".join(f"model.{f}" for f in WIDENABLE if getattr(saved_model, f) != getattr(model_cfg, f))
+    return f"fine-tuning from the weights of {path}, adapted to {changed}: " + ckpts.load_state_widened(model, state, path)
 
 
 def check_ranks_agree(model, d: Dist) -> None:
@@ -487,9 +498,9 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
 
     ckpt_path, ckpt = find_resume_checkpoint(out, resume)
     if init and not ckpt:
-        load_init_weights(model, init, cfg)
+        how = load_init_weights(model, init, cfg)
         if d.main:
-            tqdm.write(f"fine-tuning from the weights of {init}")
+            tqdm.write(how)
     prog = restore(ckpt, ckpt_path, model, opt, scaler, sched, cfg) if ckpt else Progress()
     if ckpt and d.main:
         tqdm.write(f"resumed from {ckpt_path}: epoch {prog.epoch}, step {prog.step}")

@@ -136,6 +136,15 @@ class ToneCurve(nn.Module):
         return ys[i] + (x - self.xs[i]) * slopes[i]
 
 
+class SRGBCurve(nn.Module):
+    """The exact sRGB gamma, float32 (model.pipeline=fixed: nothing to learn when the truth is its output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().clamp(0.0, 1.0)
+        toe = 0.0031308  # the power's gradient is infinite at 0: evaluate it above the linear toe only
+        return torch.where(x <= toe, 12.92 * x, 1.055 * x.clamp_min(toe) ** (1 / 2.4) - 0.055)
+
+
 class RecursiveHead(nn.Module):
     """A motion-adaptive recursive filter of the raw input, a learned camera pipeline and a residual.
 
@@ -146,6 +155,9 @@ class RecursiveHead(nn.Module):
     upsampled features, x_t and m_{t-1}. At initialisation g is very negative and r is zero, so the
     network starts as the causal temporal mean through a plain pipeline (identity colour matrix, sRGB
     gamma) and training only has to learn the corrections, not the whole camera pipeline.
+    With cfg.pipeline = "fixed" the matrix stays the identity and the curve the exact gamma: Adam moves
+    every parameter by about lr per step whatever its gradient, and the shipped weights' matrix had
+    wandered to rows summing to 1.27 that the residual then had to undo.
     """
 
     def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
@@ -164,8 +176,9 @@ class RecursiveHead(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.gate.bias, -6.0)
-        self.colour = nn.Parameter(torch.eye(3))
-        self.curve = ToneCurve()
+        fixed = cfg.pipeline == "fixed"
+        self.colour = None if fixed else nn.Parameter(torch.eye(3))
+        self.curve = SRGBCurve() if fixed else ToneCurve()
 
     def camera_rgb(self, m: torch.Tensor) -> torch.Tensor:
         """Packed R, G1, G2, B (or rawRGB) -> camera RGB; channels past the colour ones (noise map) dropped."""
@@ -175,7 +188,8 @@ class RecursiveHead(nn.Module):
 
     def pipeline(self, m: torch.Tensor) -> torch.Tensor:
         """Filtered raw (B, C, H, W) -> sRGB on the input grid."""
-        return self.curve(torch.einsum("ij,bjhw->bihw", self.colour, self.camera_rgb(m)))
+        rgb = self.camera_rgb(m)
+        return self.curve(rgb if self.colour is None else torch.einsum("ij,bjhw->bihw", self.colour, rgb))
 
     def forward(self, feats, frames, state):
         b, t = feats.shape[:2]
@@ -226,7 +240,8 @@ class VideoNet(nn.Module):
 
     state = {"temporal": the temporal module's state, "head": the head's (running mean or filter) or None};
     with cfg.align = "flow" also "align": the previous frame's matching descriptor, and before each frame's
-    update both states are warped by the flow estimated from it (model/align.py).
+    update both states are warped by the flow estimated from it (model/align.py); with cfg.encoder_mean
+    also "mean": the running sum and count of the inputs, whose mean the encoder sees beside each frame.
     """
 
     def __init__(self, cfg: ModelCfg, in_channels: int, temporal: nn.Module, packed: bool = True):
@@ -237,7 +252,9 @@ class VideoNet(nn.Module):
             raise BatmanError(f"unknown model.size {cfg.size!r}; choose one of {', '.join(ENCODERS)}")
         self.in_channels, self.scale = in_channels, cfg.scale
         encoder = ENCODERS[cfg.size]
-        self.encoder = encoder(in_channels, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
+        self.encoder_mean = cfg.encoder_mean
+        encoder_in = in_channels * (2 if cfg.encoder_mean else 1)
+        self.encoder = encoder(encoder_in, cfg.norm, cfg.encoder_weights, cfg.checkpointing)
         self.fusion = MFF(encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
         self.head = HEADS[cfg.head](cfg, in_channels, packed)
@@ -249,13 +266,25 @@ class VideoNet(nn.Module):
         b, t, _, h, w = x.shape
         state = state or {}
         frames = pad_to_multiple(x.flatten(0, 1))
-        feats = self.fusion(self.encoder(frames))
+        seen, mean_state = self.encoder_input(frames.unflatten(0, (b, t)), state.get("mean"))
+        feats = self.fusion(self.encoder(seen.flatten(0, 1)))
         if self.align is not None:
             y, state = self.aligned(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state)
-            return y[..., :h * self.scale, :w * self.scale], state
-        feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
-        y, head_state = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"))
-        return y[..., :h * self.scale, :w * self.scale], {"temporal": temporal_state, "head": head_state}
+        else:
+            feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
+            y, head_state = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"))
+            state = {"temporal": temporal_state, "head": head_state}
+        if mean_state is not None:
+            state = {**state, "mean": mean_state}
+        return y[..., :h * self.scale, :w * self.scale], state
+
+    def encoder_input(self, frames: torch.Tensor, mean_state):
+        """(B, T, C, H, W) -> what the encoder sees (the frames, with cfg.encoder_mean their running mean
+        beside them: C doubles) and the running mean's new state (None without it)."""
+        if not self.encoder_mean:
+            return frames, None
+        mean, mean_state = running_mean(frames, mean_state)
+        return torch.cat([frames, mean], 2), mean_state
 
     def aligned(self, feats: torch.Tensor, frames: torch.Tensor, state: dict):
         """Frame by frame: flow from the previous frame, warp the states onto the new frame, update."""
