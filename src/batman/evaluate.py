@@ -61,7 +61,7 @@ class BaselineISP:
     def process(self, frame: np.ndarray, scale: int = 1) -> np.ndarray:
         """Gained model input (C, H, W) -> sRGB (sH, sW, 3); rawRGB skips the green average and
         channels past the colour ones (the noise map) are ignored."""
-        from batman.data.isp import traditional_pipeline
+        from batman.isp import traditional_pipeline
         packed = frame[:4] if self.packed else np.stack([frame[0], frame[1], frame[1], frame[2]])
         rgb = traditional_pipeline(packed, self.wb, self.cam_to_srgb)
         return rgb.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else rgb

@@ -48,7 +48,7 @@ def gained(x: np.ndarray, gain: float, max_gain: float) -> np.ndarray:
 
 def to_linear_srgb(packed: np.ndarray, cam_to_srgb) -> np.ndarray:
     """Packed balanced camera R, G1, G2, B (4, h, w) -> packed linear sRGB (isp.packed_colour_matrix)."""
-    from batman.data.isp import packed_colour_matrix
+    from batman.isp import packed_colour_matrix
     m = packed_colour_matrix(cam_to_srgb).astype(np.float32)
     return np.einsum("ij,jhw->ihw", m, packed, optimize=True).astype(np.float32, copy=False)
 

@@ -208,7 +208,7 @@ def read_header(path: str | Path) -> RawHeader:
 def _camera_matrix(rp) -> np.ndarray | None:
     """Camera RGB -> linear sRGB: LibRaw's color_matrix (filled for DNGs from ColorMatrix1), else
     derived from rgb_xyz_matrix (XYZ -> camera, filled for most proprietary raws), else None."""
-    from batman.data.isp import cam_to_srgb_from_xyz
+    from batman.isp import cam_to_srgb_from_xyz
 
     direct = np.array(rp.color_matrix, dtype=np.float64)[:3, :3]
     if np.isfinite(direct).all() and np.abs(direct).sum() > 0:
