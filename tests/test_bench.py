@@ -81,6 +81,13 @@ def test_saved_tensor_counter_counts_views_once_and_skips_parameters():
     assert counter.total == y.untyped_storage().nbytes()  # 400 bytes: y's storage, once
 
 
+def test_data_bench_times_the_cache_and_the_raws_on_equal_clips():
+    from batman.bench.data import clip_rates
+    result = clip_rates(size=(1024, 1536), clips=1, reps=1, frames=2)  # the smallest mosaic the 256x256 crop fits
+    assert result["clips"] == 1 and result["frames"] == 2
+    assert all(result[k] > 0 for k in ("cache_warm", "decode_warm", "cache_cold", "decode_cold"))
+
+
 def test_markdown_table_aligns_columns():
     text = markdown_table(["a", "bb"], [[1, 22], [333, 4]]).splitlines()
     assert len({len(line) for line in text}) == 1 and text[1].startswith("|--")

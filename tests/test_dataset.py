@@ -11,9 +11,8 @@ import torch
 from batman.config import BatmanError, DataCfg, make_config
 from batman.data import drv
 from batman.data.drv import load_split
-from batman.data.cache import pack_counts
 from batman.data.dataset import ClipDataset, FrameReader, flip_clip, iter_frames, load_targets
-from batman.data.raw import RawFrame, bin2x2, pack_bayer
+from batman.data.raw import RawFrame, bin2x2, pack_bayer, pack_counts
 from batman.metrics import psnr
 
 CFG = DataCfg(crop=(8, 12), frames=3, clips_per_video=4, motion=0.0)

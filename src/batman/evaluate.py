@@ -342,7 +342,7 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     """Evaluate checkpoint `model` (default: ckpt.find_default_model), the checkpoints `baselines` and the
     `classical` baselines (names in BASELINES) on a split."""
     from batman.ckpt import load_model, resolve_device, resolve_model
-    from batman.data.cache import find_cache
+    from batman.data.cache import open_cache
     from batman.data.drv import check_video_id, load_split
     from batman.export import Enhancer
 
@@ -361,7 +361,7 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
                               f"model uses {cfg.data.mode} at scale {cfg.model.scale}: compare like with like")
         cfg = cfg or net_cfg
         enhancers[method_name(path, set(enhancers))] = Enhancer(net, net_cfg.model.scale, device)
-    cache = find_cache(root, cfg.data.cache or None)
+    cache = open_cache(root, cfg.data.cache or None)
     all_videos = load_split(root, split, cfg.data.mode, cache=cache)
     chosen = [v for v in all_videos if not videos or v.id in videos]
     results, skipped = {}, []

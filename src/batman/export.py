@@ -283,14 +283,14 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
            device: str | None = None, gain: float | None = None) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths."""
     from batman.ckpt import load_model, resolve_device
-    from batman.data.cache import find_cache
+    from batman.data.cache import open_cache
 
     check_options("export", fps=fps, frames=frames, tile=tile, overlap=overlap)
     device = resolve_device(device)
     net, cfg = load_model(model, device)  # model None: the default model, printed
     out = Path(out)
     written = []
-    cache = find_cache(root, cfg.data.cache or None) if root else None
+    cache = open_cache(root, cfg.data.cache or None) if root else None
     for video in resolve_videos(cfg, root, input_folder, split, videos, cache, gain):
         written += export_video(net, cfg, video, out, tile=tile, overlap=overlap, side_by_side=side_by_side,
                                 fps=fps, frames=frames, device=device, cache=cache)

@@ -117,14 +117,14 @@ class EpochSampler(Sampler):
 
 
 def build_data(cfg: Config, d: Dist):
-    from batman.data.cache import find_cache
+    from batman.data.cache import open_cache
     from batman.data.dataset import ClipDataset, worker_init_fn
     from batman.data.drv import load_split
 
     root = cfg.data.root
     if not root:
         raise BatmanError("no data set: pass --root DIR (a DRV-layout folder, e.g. from `batman synth`)")
-    cache = find_cache(root, cfg.data.cache or None)
+    cache = open_cache(root, cfg.data.cache or None)
 
     def dataset(split: str, train: bool) -> ClipDataset:
         videos = load_split(root, split, cfg.data.mode, cache=cache)

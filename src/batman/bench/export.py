@@ -60,8 +60,8 @@ def _export_worker(job: dict) -> dict:
         net.step(torch.zeros(1, cfg.data.in_channels, h, w, device=device), None)
     n = job["frames"]
     if job["kind"] in ("export", "cached"):
-        from batman.data.cache import find_cache
-        cache = find_cache(job["root"]) if job["kind"] == "cached" else None
+        from batman.data.cache import open_cache
+        cache = open_cache(job["root"]) if job["kind"] == "cached" else None
         start = time.perf_counter()
         export_video(net, cfg, video, Path(job["out"]), frames=n, device=device, cache=cache)
         elapsed = time.perf_counter() - start
