@@ -44,9 +44,9 @@ def _vm_hwm_bytes() -> int:
 
 def _export_worker(job: dict) -> dict:
     """Runs in a fresh process: export (or model-only) of job['frames'] frames; wall time and peak RSS."""
-    import batman.evaluate  # noqa: F401  (export_video imports it on its first call: not per-frame work)
     from batman.data.drv import load_video
-    from batman.export import Enhancer, export_video
+    from batman.export import export_video
+    from batman.infer import Enhancer
     from batman.model.net import model_for
 
     cfg = make_config("", {"data.root": job["root"]})

@@ -114,12 +114,12 @@ def quality_figure(root: Path, checkpoints: dict, path: Path, crop: int = 128) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from batman.baselines import TemporalMean, baseline_isp
     from batman.ckpt import load_model
     from batman.data.dataset import iter_frames, load_targets
     from batman.data.drv import load_split
-    from batman.evaluate import baseline_isp
-    from batman.export import Enhancer
     from batman.files import atomic_path
+    from batman.infer import Enhancer
 
     nets = {name: load_model(checkpoints[name], "cpu") for name in ("clstm", "unet")}
     cfg = nets["clstm"][1]
@@ -129,14 +129,13 @@ def quality_figure(root: Path, checkpoints: dict, path: Path, crop: int = 128) -
     for row, video in zip(axes, videos):
         isp = baseline_isp(video, cfg)
         enhancers = {name: Enhancer(net, c.model.scale, "cpu") for name, (net, c) in nets.items()}
-        total, outputs, n = None, {}, len(video.frames)
+        temporal, outputs, n = TemporalMean(isp), {}, len(video.frames)
         for i, (frame, target) in enumerate(zip(iter_frames(video, cfg.data), load_targets(video, n))):
-            total = frame.astype(np.float64) if total is None else total + frame
+            mean = temporal.mean(frame)
             for name, enhancer in enhancers.items():
                 outputs[name] = enhancer(frame)
             if i == n - 1:
-                panels = [isp.process(frame), isp.process((total / n).astype(np.float32)),
-                          outputs["clstm"], outputs["unet"], target]
+                panels = [isp.process(frame), isp.process(mean), outputs["clstm"], outputs["unet"], target]
         h, w = panels[0].shape[:2]
         y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
         for ax, panel, title in zip(row, panels, titles):
