@@ -114,9 +114,9 @@ def bm4d_clip(clip: np.ndarray, sigma: float) -> np.ndarray:
     channel (T, H, W) is one volume, sigma scaled by the norm of its transform row; a clip shorter than
     BM4D's blocks is mirrored in time first and cut back after.
 
-    Why opponent channels: colour noise is correlated across R, G, B after the colour matrix, and
-    opponent channels scored best of the three layouts tried (docs/RESULTS.md, "BM4D colour space");
-    sharing the luma's block matches is not an option (bm4d 4.2.5 returns NaNs when Wiener matches
+    Why opponent channels: colour noise is correlated across R, G, B after the colour matrix; on dark
+    synthetic clips they beat one volume per R, G, B channel and opponent channels sharing the luma's
+    block matches (docs/RESULTS.md, "BM4D colour space"; bm4d 4.2.5 returns NaNs when Wiener matches
     are shared)."""
     bm4d = require("bm4d", BM4D)
     t = clip.shape[0]
