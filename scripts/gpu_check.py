@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from batman.bench.common import DRV_GRID, machine_info, markdown_table, sync, timed
+from batman.bench.common import DRV_GRID, machine_info, sync, timed
 from batman.bench.infer import infer_case
 from batman.bench.memory import GPU_BUDGET_GB, MEMORY_PRESETS, random_batch
 from batman.config import make_config
 from batman.files import atomic_write_text
+from batman.report import markdown_table
 
 SIZES = {"DRV": DRV_GRID, "1080p": (1080, 1920)}
 INFER_LABELS = ("clstm", "lite", "unet")  # bench.infer.INFER_MODELS labels

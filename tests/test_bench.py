@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from batman.bench.common import markdown_table
 from batman.bench.memory import SavedTensorCounter, memory_estimate_cpu
 from batman.cli import main
 from batman.config import make_config
@@ -86,11 +85,6 @@ def test_data_bench_times_the_cache_and_the_raws_on_equal_clips():
     result = clip_rates(size=(1024, 1536), clips=1, reps=1, frames=2)  # the smallest mosaic the 256x256 crop fits
     assert result["clips"] == 1 and result["frames"] == 2
     assert all(result[k] > 0 for k in ("cache_warm", "decode_warm", "cache_cold", "decode_cold"))
-
-
-def test_markdown_table_aligns_columns():
-    text = markdown_table(["a", "bb"], [[1, 22], [333, 4]]).splitlines()
-    assert len({len(line) for line in text}) == 1 and text[1].startswith("|--")
 
 
 @pytest.mark.slow

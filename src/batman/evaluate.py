@@ -26,6 +26,7 @@ from batman.config import BatmanError, Config, check_options
 from batman.files import atomic_path, atomic_write_text, ensure_dir
 from batman.infer import Enhancer
 from batman.metrics import MABD, RecentUnion, RegionPSNR, drift_db, mabd_error, psnr, ssim
+from batman.report import markdown_table, pyplot, save_figure
 
 
 class Scores:
@@ -173,19 +174,18 @@ def _nanmean(values: list) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def markdown_table(report: dict) -> str:
-    lines = [f"Split `{report['split']}`, {len(report['videos'])} videos "
-             f"(PSNR/SSIM per frame, averaged; MABD error = mean squared MABD difference x 1e3, lower is better; "
-             f"seconds per frame on this machine; moving / uncovered: PSNR in synth's motion masks; drift: last 16 "
-             f"frames - first 16 after warm-up)"
-             + (f"; BM4D on windows of {report['bm4d_window']} frames" if report.get("bm4d_window") else ""),
-             "", "| method | PSNR (dB) | SSIM | MABD error (x1e3) | s/frame | PSNR moving | PSNR uncovered | drift (dB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for m, s in report["mean"].items():
-        extra = " | ".join("-" if math.isnan(s[k]) else f"{s[k]:.2f}" for k in MASKED)
-        lines.append(f"| {m} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['mabd_error_e3']:.4f} | "
-                     f"{s['seconds_per_frame']:.3g} | {extra} |")
-    return "\n".join(lines) + "\n"
+def metrics_table(report: dict) -> str:
+    """The split means as a Markdown table under a line that says what each column is."""
+    caption = (f"Split `{report['split']}`, {len(report['videos'])} videos "
+               f"(PSNR/SSIM per frame, averaged; MABD error = mean squared MABD difference x 1e3, lower is better; "
+               f"seconds per frame on this machine; moving / uncovered: PSNR in synth's motion masks; drift: last 16 "
+               f"frames - first 16 after warm-up)"
+               + (f"; BM4D on windows of {report['bm4d_window']} frames" if report.get("bm4d_window") else ""))
+    headers = ["method", "PSNR (dB)", "SSIM", "MABD error (x1e3)", "s/frame", "PSNR moving", "PSNR uncovered",
+               "drift (dB)"]
+    rows = [[m, f"{s['psnr']:.2f}", f"{s['ssim']:.4f}", f"{s['mabd_error_e3']:.4f}", f"{s['seconds_per_frame']:.3g}",
+             *("-" if math.isnan(s[k]) else f"{s[k]:.2f}" for k in MASKED)] for m, s in report["mean"].items()]
+    return caption + "\n\n" + markdown_table(headers, rows, align="l" + "r" * (len(headers) - 1)) + "\n"
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -206,7 +206,7 @@ def write_report(out: Path, report: dict) -> None:
         for vid, methods in report["videos"].items():
             for m, s in methods.items():
                 w.writerows([vid, m, i + 1, f"{v:.4f}"] for i, v in enumerate(s["psnr_frames"]))
-    table = markdown_table(report)
+    table = metrics_table(report)
     atomic_write_text(out / "metrics.md", table)
     plot_metrics(out / "metrics.png", report)
     plot_drift(out / "drift.png", report)
@@ -214,10 +214,7 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def plot_metrics(path: Path, report: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     methods = list(report["mean"])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, key, label in zip(axes, ("psnr", "ssim", "mabd_error_e3"),
@@ -231,17 +228,12 @@ def plot_metrics(path: Path, report: dict) -> None:
             ax.set_ylim(max(0, lo - 3), max(values) + 1)
     fig.suptitle(f"split {report['split']}: {len(report['videos'])} videos")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_drift(path: Path, report: dict) -> None:
     """PSNR against the frame index, averaged over the static and over the moving videos, per method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     static = set(report.get("static", []))
     groups = [(label, [v for v in report["videos"] if (v in static) == is_static])
               for label, is_static in (("static videos", True), ("moving videos", False))]
@@ -261,9 +253,7 @@ def plot_drift(path: Path, report: dict) -> None:
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(f"split {report['split']}: PSNR against the frame index (drift)")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def crop_box(mask: np.ndarray, pad: int = 8, least: int = 32) -> tuple[slice, slice]:
@@ -281,10 +271,7 @@ def crop_box(mask: np.ndarray, pad: int = 8, least: int = 32) -> tuple[slice, sl
 
 def plot_ghosting(path: Path, title: str, mask: np.ndarray, outputs: dict, truth: np.ndarray) -> None:
     """The moving region of one frame: input (traditional pipeline) | every other method | truth."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not mask.any():
         return
     box = crop_box(mask)
@@ -297,6 +284,4 @@ def plot_ghosting(path: Path, title: str, mask: np.ndarray, outputs: dict, truth
         ax.axis("off")
     fig.suptitle(f"{title}: moving region", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine it ran on, timing on CPU and CUDA, a matmul peak, JSON output.
+"""What every benchmark shares: the machine it ran on, timing on CPU and CUDA, a matmul peak, JSON output
+(tables: batman.report.markdown_table).
 
 Every speed figure is the median of several repetitions, and every comparison is between things
 timed in the same process (repetitions interleaved, so a change in the machine's load hits both
@@ -22,15 +23,6 @@ from batman.files import atomic_write_text
 DRV_GRID = (918, 1374)                # DRV's ground-truth / binned-input grid (H, W)
 IN_CHANNELS = 4                       # packed raw
 QUALITY_SEED = 1000                   # the benchmarks' synthetic data: not the seed of the tests (3) or the demo (0)
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    """A pipe table that reads well in a terminal and in Markdown."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                     + [line(r) for r in cells[1:]])
 
 
 def machine_info() -> dict:

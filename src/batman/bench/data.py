@@ -11,12 +11,13 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from batman.bench.common import machine_info, markdown_table, write_json
+from batman.bench.common import machine_info, write_json
 from batman.config import BatmanError, DataCfg
 from batman.data.cache import open_cache, prepare
 from batman.data.dataset import ClipDataset
 from batman.data.drv import load_split
 from batman.data.raw import write_dng
+from batman.report import markdown_table
 
 
 def bench_data(out: Path | None = None, quick: bool = False) -> dict:

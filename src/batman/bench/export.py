@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from batman.bench.common import QUALITY_SEED, machine_info, markdown_table, tqdm_range, write_json
+from batman.bench.common import QUALITY_SEED, machine_info, tqdm_range, write_json
 from batman.config import BatmanError, make_config
+from batman.report import markdown_table
 
 TARGET_EXPORT_FPS_RATIO = 0.8         # export fps / model-only fps
 TARGET_RSS_RATIO = 1.05               # peak RSS at T=128 / at T=8

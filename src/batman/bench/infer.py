@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from batman.bench.common import (DRV_GRID, IN_CHANNELS, MatmulPeak, machine_info, markdown_table, timed, tqdm_range,
-                                 write_json)
+from batman.bench.common import DRV_GRID, IN_CHANNELS, MatmulPeak, machine_info, timed, tqdm_range, write_json
 from batman.config import Config, make_config
+from batman.report import markdown_table
 
 TARGET_INFER_RATIO = 0.4              # clstm time / unet time on the same input (issue 15; was 0.25)
 TARGET_PEAK_FRACTION = 0.60           # clstm GFLOP/s / matmul GFLOP/s

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from batman.bench.common import DRV_GRID, machine_info, markdown_table, timed, write_json
+from batman.bench.common import DRV_GRID, machine_info, timed, write_json
 from batman.config import BatmanError, Config, apply_overrides, make_config
+from batman.report import markdown_table
 
 GPU_BUDGET_GB = {"titan": 21.0, "1080ti": 8.0, "1080": 6.0}  # GB = 1e9 bytes
 MEMORY_PRESETS = ("titan", "1080ti", "1080")

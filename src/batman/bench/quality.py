@@ -8,25 +8,48 @@ from pathlib import Path
 
 import numpy as np
 
-from batman.bench.common import QUALITY_SEED, machine_info, markdown_table, write_json
-from batman.config import make_config
+from batman.bench.common import QUALITY_SEED, machine_info, write_json
+from batman.config import Config, make_config
 from batman.files import atomic_write_text
+from batman.report import markdown_table, pyplot, save_figure
 
 QUALITY_DATA = dict(videos=12, frames=12, size=(512, 768), seed=QUALITY_SEED, dynamic=2)
 QUALITY_TRAIN = {"train.steps_per_epoch": 20, "train.epochs": 6, "train.lr": 1e-3, "train.val_clips": 2}
 QUALITY_MODELS = {"clstm": {"model.name": "clstm"}, "conv3d": {"model.name": "conv3d"},  # run name -> overrides
                   "unet": {"model.name": "unet"}, "lite": {"model.size": "lite"}}
 TARGET_LITE_PSNR_GAP_DB = 1.5         # lite's static PSNR at most this far below the default clstm's
+QUALITY_SPLITS = ("test", "dynamic")  # the static test videos and the moving ones
+
+
+def train_run(cfg: Config, run: Path, device: str | None = None, resume: str | None = None) -> tuple[Path, dict]:
+    """Train `cfg` into the folder `run`: (its best checkpoint, {time_s, best_val_loss, epochs, steps,
+    best_epoch, val_psnr}), the facts of the epoch whose checkpoint that is."""
+    from batman.ckpt import best_checkpoint
+    from batman.train import train
+
+    start = time.perf_counter()
+    summary = train(cfg, out=run, device=device, resume=resume)
+    best = min(summary["history"], key=lambda h: h["val_loss"])
+    return best_checkpoint(run), {"time_s": time.perf_counter() - start, "best_val_loss": summary["best"],
+                                  "epochs": summary["epochs"], "steps": summary["history"][-1]["step"],
+                                  "best_epoch": best["epoch"], "val_psnr": best["val_psnr"]}
+
+
+def evaluate_splits(data: Path, model: Path, out: Path, baselines=(), device: str | None = None) -> dict[str, dict]:
+    """`model` (and the checkpoints `baselines` beside it) evaluated on each of QUALITY_SPLITS of `data`,
+    into out/<split>: {split: evaluate's report}."""
+    from batman.evaluate import evaluate
+
+    return {split: evaluate(data, model=model, baselines=list(baselines), split=split, out=Path(out) / split,
+                            device=device)
+            for split in QUALITY_SPLITS}
 
 
 def bench_quality(out: Path, quick: bool = False, device: str | None = None) -> dict:
     """Train clstm, conv3d, unet and lite alike (cpu preset, QUALITY_TRAIN) on a synthetic set of its own seed and
     evaluate each on its test split and its dynamic videos against the traditional pipeline and the
     temporal mean. Writes quality.json, quality.md and quality.png (crops side by side)."""
-    from batman.ckpt import best_checkpoint
     from batman.data.synth import synthesize
-    from batman.evaluate import evaluate
-    from batman.train import train
 
     out = Path(out) / "quality"
     data_spec = dict(QUALITY_DATA, videos=6, frames=8) if quick else QUALITY_DATA
@@ -41,18 +64,9 @@ def bench_quality(out: Path, quick: bool = False, device: str | None = None) -> 
         if run.exists():
             shutil.rmtree(run)  # stale checkpoints of an earlier run would be picked as the best
         cfg = make_config("cpu", {"data.root": str(data), **overrides, **train_spec})
-        start = time.perf_counter()
-        summary = train(cfg, out=run, device=device)
-        best = min(summary["history"], key=lambda h: h["val_loss"])  # the checkpoint evaluated below
-        training[name] = {"time_s": time.perf_counter() - start, "best_val_loss": summary["best"],
-                          "epochs": summary["epochs"], "steps": summary["history"][-1]["step"],
-                          "best_epoch": best["epoch"], "val_psnr": best["val_psnr"]}
-        checkpoints[name] = best_checkpoint(run)
-    reports = {}
-    for split in ("test", "dynamic"):
-        reports[split] = evaluate(data, model=checkpoints["clstm"],
-                                  baselines=[checkpoints[name] for name in QUALITY_MODELS if name != "clstm"],
-                                  split=split, out=out / split, device="cpu")
+        checkpoints[name], training[name] = train_run(cfg, run, device=device)
+    reports = evaluate_splits(data, checkpoints["clstm"], out, device="cpu",
+                              baselines=[checkpoints[name] for name in QUALITY_MODELS if name != "clstm"])
     figure = out.parent / "quality.png"
     quality_figure(data, checkpoints, figure)
     cfg = make_config("cpu", train_spec)
@@ -110,17 +124,13 @@ def quality_verdicts(reports: dict) -> list[str]:
 
 def quality_figure(root: Path, checkpoints: dict, path: Path, crop: int = 128) -> None:
     """Last frame of the first test and first dynamic video: traditional | temporal mean | clstm | unet | truth."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from batman.baselines import TemporalMean, baseline_isp
     from batman.ckpt import load_model
     from batman.data.dataset import iter_frames, load_targets
     from batman.data.drv import load_split
-    from batman.files import atomic_path
     from batman.infer import Enhancer
 
+    plt = pyplot()
     nets = {name: load_model(checkpoints[name], "cpu") for name in ("clstm", "unet")}
     cfg = nets["clstm"][1]
     videos = [load_split(root, "test", cfg.data.mode)[0], load_split(root, "dynamic", cfg.data.mode)[0]]
@@ -143,6 +153,4 @@ def quality_figure(root: Path, checkpoints: dict, path: Path, crop: int = 128) -
             ax.set_title(f"{title} ({video.id})", fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
