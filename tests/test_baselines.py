@@ -1,4 +1,4 @@
-"""Classical baselines (batman.baselines) in evaluate: noise estimates, BM3D/BM4D beat their input, --baselines selects, clear errors."""
+"""Classical baselines in evaluate: noise estimates, BM3D/BM4D beat their input, --baselines selects, clear errors."""
 from __future__ import annotations
 
 import json
