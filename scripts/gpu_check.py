@@ -25,13 +25,15 @@ from pathlib import Path
 
 import torch
 
-from batman.bench import (DRV_GRID, GPU_BUDGET_GB, MEMORY_PRESETS, _infer_case, _random_batch, _sync, _timed,
-                          machine_info, markdown_table)
+from batman.bench.common import DRV_GRID, machine_info, sync, timed
+from batman.bench.infer import infer_case
+from batman.bench.memory import GPU_BUDGET_GB, MEMORY_PRESETS, random_batch
 from batman.config import make_config
 from batman.files import atomic_write_text
+from batman.report import markdown_table
 
 SIZES = {"DRV": DRV_GRID, "1080p": (1080, 1920)}
-INFER_LABELS = ("clstm", "lite", "unet")  # bench.INFER_MODELS labels
+INFER_LABELS = ("clstm", "lite", "unet")  # bench.infer.INFER_MODELS labels
 TRAIN_SIZES = {"default": {}, "lite": {"model.size": "lite"}}
 TINY = {"sizes": {"tiny": (64, 96)}, "train": {"data.crop": (64, 64), "data.frames": 2, "train.batch": 1},
         "presets": ("1080",), "reps": 2, "train_steps": 2, "backend": "eager"}
@@ -50,7 +52,7 @@ def bench_inference(device: torch.device, sizes: dict, compile_modes: list[bool]
         cases = {}
         for label in INFER_LABELS:
             for on in compile_modes:
-                model, frame, step, _ = _infer_case(label, "channels_last", size, device, amp)
+                model, frame, step, _ = infer_case(label, "channels_last", size, device, amp)
                 if on:
                     compiled(model, backend)
                 start = time.perf_counter()
@@ -58,13 +60,13 @@ def bench_inference(device: torch.device, sizes: dict, compile_modes: list[bool]
                     state = None
                     for _ in range(4):  # the count in the state changes: dynamo recompiles once with it dynamic
                         state = step(state)
-                    _sync(device)
+                    sync(device)
                 cases[label, on] = {"step": step, "state": state, "times": [],
                                     "warmup_s": time.perf_counter() - start}
         with torch.inference_mode():
             for _ in range(reps):
                 for case in cases.values():
-                    case["times"].append(_timed(lambda c=case: c.update(state=c["step"](c["state"])), device))
+                    case["times"].append(timed(lambda c=case: c.update(state=c["step"](c["state"])), device))
         for (label, on), case in cases.items():
             t = statistics.median(case["times"])
             rows.append({"size": size_name, "grid": list(size), "model": label, "compile": on, "time_ms": 1e3 * t,
@@ -90,9 +92,9 @@ def train_rate(cfg, device: torch.device, on: bool, backend: str, steps: int) ->
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    batch = _random_batch(cfg, cfg.train.batch, cfg.data.frames, device)
+    batch = random_batch(cfg, cfg.train.batch, cfg.data.frames, device)
     try:
-        times = [_timed(lambda: train_step(model, batch, opt, scaler, cfg, device, amp_dtype), device)
+        times = [timed(lambda: train_step(model, batch, opt, scaler, cfg, device, amp_dtype), device)
                  for _ in range(steps)]
     except torch.cuda.OutOfMemoryError:
         return {"oom": True, "images_per_s": float("nan"), "peak_gb": float("nan")}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 VARIANTS = {
@@ -53,12 +52,10 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma list of variant names (default: all)")
     args = p.parse_args()
 
-    from batman.ckpt import best_checkpoint
+    from batman.bench.quality import evaluate_splits, train_run
     from batman.config import make_config
     from batman.data.cache import prepare
     from batman.data.synth import synthesize
-    from batman.evaluate import evaluate
-    from batman.train import train
 
     data = args.out / "data"
     if not (data / "test_list.txt").exists():
@@ -75,14 +72,11 @@ def main() -> None:
                                         "train.steps_per_epoch": args.steps, "train.patience": 99,
                                         "train.threads": args.threads,
                                         **VARIANTS[variant]})
-        t0 = time.perf_counter()
-        train(cfg, out=folder, resume="auto")
-        train_s = time.perf_counter() - t0
-        model = best_checkpoint(folder)
-        static = evaluate(data, model=model, split="test", out=folder / "test")["mean"]
-        dynamic = evaluate(data, model=model, split="dynamic", out=folder / "dynamic")["mean"]
+        model, training = train_run(cfg, folder, resume="auto")
+        reports = evaluate_splits(data, model, folder)
+        static, dynamic = reports["test"]["mean"], reports["dynamic"]["mean"]
         model_key = next(iter(static))
-        rows[name] = {"overrides": VARIANTS[variant], "seed": args.seed, "train_s": round(train_s, 1),
+        rows[name] = {"overrides": VARIANTS[variant], "seed": args.seed, "train_s": round(training["time_s"], 1),
                       "static": static[model_key], "dynamic": dynamic[model_key],
                       "static_traditional": static["traditional"], "static_temporal_mean": static["temporal mean"],
                       "dynamic_traditional": dynamic["traditional"], "dynamic_temporal_mean": dynamic["temporal mean"]}
@@ -93,18 +87,21 @@ def main() -> None:
 
 
 def markdown(rows: dict) -> str:
+    from batman.report import markdown_table
+
     first = next(iter(rows.values()))
-    lines = ["| variant | static PSNR | static SSIM | static MABD err x1e3 | dynamic PSNR | dynamic MABD err x1e3 | train s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    table = []
     for label, key in (("traditional pipeline", "traditional"), ("causal temporal mean", "temporal_mean")):
         s, d = first[f"static_{key}"], first[f"dynamic_{key}"]
-        lines.append(f"| {label} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['mabd_error_e3']:.4f} | "
-                     f"{d['psnr']:.2f} | {d['mabd_error_e3']:.4f} | - |")
+        table.append([label, f"{s['psnr']:.2f}", f"{s['ssim']:.4f}", f"{s['mabd_error_e3']:.4f}",
+                      f"{d['psnr']:.2f}", f"{d['mabd_error_e3']:.4f}", "-"])
     for name, r in rows.items():
         s, d = r["static"], r["dynamic"]
-        lines.append(f"| {name} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['mabd_error_e3']:.4f} | "
-                     f"{d['psnr']:.2f} | {d['mabd_error_e3']:.4f} | {r['train_s']} |")
-    return "\n".join(lines) + "\n"
+        table.append([name, f"{s['psnr']:.2f}", f"{s['ssim']:.4f}", f"{s['mabd_error_e3']:.4f}",
+                      f"{d['psnr']:.2f}", f"{d['mabd_error_e3']:.4f}", r["train_s"]])
+    headers = ["variant", "static PSNR", "static SSIM", "static MABD err x1e3", "dynamic PSNR",
+               "dynamic MABD err x1e3", "train s"]
+    return markdown_table(headers, table, align="l" + "r" * (len(headers) - 1)) + "\n"
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def build_drv(root: Path, ids=("0001", "0002"), frames: int = 3, size=(32, 48), 
     import numpy as np
 
     from batman.data.raw import write_dng
+    from batman.data.synth import write_png16
     rng = np.random.default_rng(seed)
     h, w = size
     for vid in ids:
@@ -57,12 +58,6 @@ def build_drv(root: Path, ids=("0001", "0002"), frames: int = 3, size=(32, 48), 
     return root
 
 
-def write_png16(path: Path, rgb16) -> None:
-    """(H, W, 3) uint16 -> 16-bit RGB PNG: the package's own writer."""
-    from batman.data.synth import write_png16 as package_writer
-    package_writer(path, rgb16)
-
-
 @pytest.fixture
 def make_drv(tmp_path):
     """build_drv(root=tmp_path/'drv', **options) -> root."""
@@ -74,6 +69,7 @@ def make_drv(tmp_path):
 @pytest.fixture
 def png16():
     """write_png16(path, rgb16): the package's 16-bit RGB PNG writer (uint16 values written as they are)."""
+    from batman.data.synth import write_png16
     return write_png16
 
 

@@ -11,8 +11,8 @@ import torch
 from batman import ckpt
 from batman.cli import main
 from batman.config import BatmanError, make_config
-from batman.evaluate import (BaselineISP, BM3DFrames, BM4DWindows, MeanBM3D, TemporalMean, Traditional,
-                             check_baselines, difference_sigma, mad_sigma)
+from batman.baselines import (BaselineISP, BM3DFrames, BM4DWindows, MeanBM3D, TemporalMean, Traditional,
+                              check_baselines, difference_sigma, mad_sigma)
 from batman.metrics import psnr
 from batman.model.net import model_for
 
@@ -70,9 +70,9 @@ def test_bm3d_and_bm4d_beat_their_inputs_on_a_32x32_clip(noisy_clip):
 
 def test_bm4d_windows_score_every_frame_in_order(noisy_clip, monkeypatch):
     """Windows of 2 over 5 frames: outputs come in bursts of 2, then 1 at the end, in frame order."""
-    import batman.evaluate as ev
+    import batman.baselines as bl
     calls = []
-    monkeypatch.setattr(ev, "bm4d_clip", lambda clip, sigma: calls.append(len(clip)) or clip + 1)
+    monkeypatch.setattr(bl, "bm4d_clip", lambda clip, sigma: calls.append(len(clip)) or clip + 1)
     frames, isp, _ = noisy_clip
     frames = (frames * 3)[:5]
     peer = BM4DWindows(isp, window=2)

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from batman.bench import SavedTensorCounter, markdown_table, memory_estimate_cpu
+from batman.bench.memory import SavedTensorCounter, memory_estimate_cpu
 from batman.cli import main
 from batman.config import make_config
 
 
 def test_infer_quick_writes_the_models_with_flops_and_a_module_profile(tmp_path, capsys):
-    from batman.bench import onnxruntime_available
+    from batman.bench.infer import onnxruntime_available
     assert main(["bench", "infer", "--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "infer.json").read_text())
     cpu = result["devices"]["cpu"]
@@ -80,14 +80,16 @@ def test_saved_tensor_counter_counts_views_once_and_skips_parameters():
     assert counter.total == y.untyped_storage().nbytes()  # 400 bytes: y's storage, once
 
 
-def test_markdown_table_aligns_columns():
-    text = markdown_table(["a", "bb"], [[1, 22], [333, 4]]).splitlines()
-    assert len({len(line) for line in text}) == 1 and text[1].startswith("|--")
+def test_data_bench_times_the_cache_and_the_raws_on_equal_clips():
+    from batman.bench.data import clip_rates
+    result = clip_rates(size=(1024, 1536), clips=1, reps=1, frames=2)  # the smallest mosaic the 256x256 crop fits
+    assert result["clips"] == 1 and result["frames"] == 2
+    assert all(result[k] > 0 for k in ("cache_warm", "decode_warm", "cache_cold", "decode_cold"))
 
 
 @pytest.mark.slow
 def test_export_bench_quick(tmp_path):
-    from batman.bench import bench_export
+    from batman.bench.export import bench_export
     result = bench_export(tmp_path, quick=True)
     assert result["fps_ratio"] > 0 and result["cached_fps_ratio"] > 0 and result["rss_ratio"] > 0
     assert (tmp_path / "export.json").is_file()
@@ -95,7 +97,7 @@ def test_export_bench_quick(tmp_path):
 
 @pytest.mark.slow
 def test_quality_bench_quick(tmp_path):
-    from batman.bench import bench_quality
+    from batman.bench.quality import bench_quality
     result = bench_quality(tmp_path, quick=True)
     assert set(result["splits"]) == {"test", "dynamic"}
     assert {"clstm", "conv3d", "unet", "lite", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
@@ -103,7 +105,7 @@ def test_quality_bench_quick(tmp_path):
 
 
 def test_quality_verdicts_report_margins_and_misses():
-    from batman.bench import quality_verdicts
+    from batman.bench.quality import quality_verdicts
 
     def scores(psnr, mabd):
         return {"psnr": psnr, "mabd_error_e3": mabd}

@@ -17,8 +17,9 @@ from batman.cli import main
 from batman.config import BatmanError, DataCfg
 from batman.data import cache as cache_mod
 from batman.data import drv
-from batman.data.cache import FrameCache, decode_counts, find_cache, prepare
+from batman.data.cache import FrameCache, find_cache, open_cache, prepare
 from batman.data.dataset import ClipDataset, iter_frames
+from batman.data.raw import decode_counts
 
 CFG = DataCfg(crop=(8, 12), frames=3, clips_per_video=4)
 
@@ -27,7 +28,8 @@ def _mtimes(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def _assert_same_clips(root: Path, cache: Path, cfg: DataCfg = CFG) -> None:
+def _assert_same_clips(root: Path, folder: Path, cfg: DataCfg = CFG) -> None:
+    cache = FrameCache.open(folder)
     plain = ClipDataset(drv.load_split(root, "train"), cfg)
     cached = ClipDataset(drv.load_split(root, "train", cache=cache), cfg, cache=cache)
     for i in range(len(plain)):
@@ -118,10 +120,11 @@ def test_bad_frame_stops_or_is_left_out(make_drv, capsys):
     cache = prepare(root, workers=2, skip_bad=True)
     entry = json.loads((cache / "manifest.json").read_text())["frames"]["short/0002/00002.ARW"]
     assert entry["status"] == "bad" and str(bad) in entry["error"]
-    video = drv.load_split(root, "train", cache=cache)[1]
+    opened = open_cache(root)
+    video = drv.load_split(root, "train", cache=opened)[1]
     assert [p.name for p in video.frames] == ["00001.ARW", "00003.ARW", "00004.ARW"]
     assert [p.name for p in video.targets] == ["half0001.png", "half0003.png", "half0004.png"]
-    ds = ClipDataset(drv.load_split(root, "train", cache=cache), CFG, cache=cache)
+    ds = ClipDataset(drv.load_split(root, "train", cache=opened), CFG, cache=opened)
     assert all(ds[i]["input"].shape == (3, 4, 8, 12) for i in range(len(ds)))
     capsys.readouterr()
     prepare(root, workers=1, skip_bad=True)
@@ -143,6 +146,8 @@ def test_cache_choice_and_bin_mismatch(make_drv, tmp_path):
         find_cache(root, tmp_path / "elsewhere")
     cache = prepare(root, cache=tmp_path / "elsewhere", workers=1)
     assert find_cache(root, str(cache)) == cache and FrameCache.open(cache).bin == 2
-    videos = drv.load_split(root, "train", cache=cache)
+    opened = open_cache(root, str(cache))
+    assert opened.folder == cache and open_cache(tmp_path / "no-cache-here") is None
+    videos = drv.load_split(root, "train", cache=opened)
     with pytest.raises(BatmanError, match="was prepared with bin=2 but data.bin=1"):
-        ClipDataset(videos, DataCfg(bin=1, crop=(8, 8), frames=3), cache=cache)
+        ClipDataset(videos, DataCfg(bin=1, crop=(8, 8), frames=3), cache=opened)

@@ -11,9 +11,8 @@ import torch
 from batman.config import BatmanError, DataCfg, make_config
 from batman.data import drv
 from batman.data.drv import load_split
-from batman.data.cache import pack_counts
 from batman.data.dataset import ClipDataset, FrameReader, flip_clip, iter_frames, load_targets
-from batman.data.raw import RawFrame, bin2x2, pack_bayer
+from batman.data.raw import RawFrame, bin2x2, pack_bayer, pack_counts
 from batman.metrics import psnr
 
 CFG = DataCfg(crop=(8, 12), frames=3, clips_per_video=4, motion=0.0)
@@ -244,7 +243,7 @@ def test_noise_map_channel_follows_the_gain_and_survives_transposes(tmp_path):
 def test_srgb_input_is_the_files_own_colour_matrix_on_the_balanced_raw(tmp_path):
     """data.colour=srgb: LibRaw's matrix from each DNG equals the one synth drew for that video, and the
     input is the balanced camera raw through the packed form of that matrix (cameras differ per video)."""
-    from batman.data.isp import packed_colour_matrix
+    from batman.isp import packed_colour_matrix
     from batman.data.synth import synthesize
     synthesize(tmp_path, videos=3, frames=2, size=(64, 96), seed=13, cameras="train")
     videos = load_split(tmp_path, "train") + load_split(tmp_path, "val")
@@ -262,7 +261,7 @@ def test_srgb_input_is_the_files_own_colour_matrix_on_the_balanced_raw(tmp_path)
 def test_noise_free_srgb_input_through_a_plain_pipeline_is_the_truth(tmp_path):
     """Held-out cameras, no noise: gain + identity-matrix pipeline on the sRGB input reproduces the
     ground truth, so nothing camera-specific is left for the network to learn."""
-    from batman.data.isp import traditional_pipeline
+    from batman.isp import traditional_pipeline
     from batman.data.synth import synthesize
     synthesize(tmp_path, videos=2, frames=1, size=(64, 96), seed=14, cameras="heldout", noise=False,
                      ratio=(1.0, 1.0))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from batman import ckpt
+from batman.baselines import TEMPORAL_MEAN, TRADITIONAL
 from batman.config import make_config
-from batman.evaluate import TEMPORAL_MEAN, TRADITIONAL, crop_box, evaluate
+from batman.evaluate import crop_box, evaluate
 from batman.model.net import model_for
 
 FRAMES = 64

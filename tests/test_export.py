@@ -13,7 +13,8 @@ import torch
 
 from batman import ckpt
 from batman.config import BatmanError, make_config
-from batman.export import Enhancer, export, ramp_weights, tile_starts, to_uint8
+from batman.export import export, to_uint8
+from batman.infer import Enhancer, ramp_weights, tile_starts
 from batman.model.net import build_model, model_for
 from conftest import fixture_path
 

@@ -357,7 +357,7 @@ def test_failed_export_keeps_the_earlier_one_and_leaves_no_temp(export_data, tmp
     """Defect 2: a frame failing mid-video left a shorter playable mp4 over a complete earlier export."""
     import shutil
 
-    from batman.data.cache import prepare
+    from batman.data.cache import FrameCache, prepare
     root = tmp_path / "drv"
     shutil.copytree(export_data[0], root)
     out = tmp_path / "out"
@@ -368,7 +368,7 @@ def test_failed_export_keeps_the_earlier_one_and_leaves_no_temp(export_data, tmp
     broken = next(cache.rglob("00002.ARW.npy"))
     broken.write_bytes(broken.read_bytes()[:100])  # frame 2 of 3 no longer decodes
     with pytest.raises(BatmanError, match="00002"):
-        export_one(root, out, cache=cache)
+        export_one(root, out, cache=FrameCache.open(cache))
     assert tree_hashes(out) == before  # the earlier export untouched, no temp file or folder left
     shutil.rmtree(cache)
     export_one(root, out, frames=2)
@@ -450,7 +450,7 @@ def test_prepare_under_a_file_size_limit_is_one_line_with_no_partial_npy(make_dr
 def test_cache_manifest_cannot_point_outside_the_cache(make_drv, tmp_path):
     from batman.config import DataCfg
     from batman.data import drv
-    from batman.data.cache import prepare
+    from batman.data.cache import FrameCache, prepare
     from batman.data.dataset import iter_frames
     root = make_drv(ids=("0001",), frames=2, size=(64, 96))
     cache = prepare(root, workers=1)
@@ -459,9 +459,10 @@ def test_cache_manifest_cannot_point_outside_the_cache(make_drv, tmp_path):
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["frames"]["short/0001/00001.ARW"]["npy"] = str(outside)
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    video = drv.load_split(root, "train", cache=cache)[0]
+    opened = FrameCache.open(cache)
+    video = drv.load_split(root, "train", cache=opened)[0]
     with pytest.raises(BatmanError, match="a path outside the cache"):
-        next(iter_frames(video, DataCfg(), cache))
+        next(iter_frames(video, DataCfg(), opened))
     before = outside.read_bytes()
     prepare(root, workers=1)  # decodes the frame again, into the cache
     assert outside.read_bytes() == before

@@ -107,7 +107,7 @@ def test_mean_input_changes_the_output_over_time():
 def test_recursive_head_starts_as_the_temporal_mean_through_a_camera_pipeline(name):
     """Untrained, the recursive head outputs gamma(running mean of R, mean G, B): the temporal-mean
     baseline with an identity colour matrix; the filter state is that running mean."""
-    from batman.data.isp import gamma_srgb
+    from batman.isp import gamma_srgb
     torch.manual_seed(0)
     model = build_model(tiny(name=name, head="recursive"), 4).eval()
     x = clip(t=5, h=40, w=56)
@@ -174,7 +174,7 @@ def test_recursive_head_keeps_its_filter_in_float32_under_autocast():
 
 
 def test_tone_curve_is_monotone_and_starts_as_srgb_gamma():
-    from batman.data.isp import gamma_srgb
+    from batman.isp import gamma_srgb
     from batman.model.net import ToneCurve
     curve = ToneCurve()
     x = torch.linspace(-0.1, 1.1, 1001)

@@ -10,7 +10,7 @@ import pytest
 
 from batman.cli import main
 from batman.config import BatmanError
-from batman.data import isp
+from batman import isp
 from batman.data.drv import read_png
 from batman.data.raw import bin2x2, pack_bayer, read_raw, write_dng
 from batman.data.synth import split_ids, synthesize

@@ -15,11 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
+from batman.errors import BatmanError  # noqa: F401  (batman.config.BatmanError is where most code takes it)
 from batman.files import atomic_write_bytes
-
-
-class BatmanError(Exception):
-    """A user-facing error: the CLI prints its one-line message without a traceback (exit code 2)."""
 
 
 @dataclass(frozen=True)

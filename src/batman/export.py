@@ -2,8 +2,7 @@
 
 Memory does not grow with the video's length: a reader thread decodes the next frames while the
 model runs, a writer thread encodes PNG and H.264 behind it, and only a couple of frames are ever in
-flight. Frames larger than `tile` are cut into overlapping tiles, each with its own recurrent state,
-and blended with linear ramps so no seam shows.
+flight. Frames larger than `tile` are cut into overlapping tiles by the Enhancer (batman.infer).
 """
 from __future__ import annotations
 
@@ -18,81 +17,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from batman.baselines import baseline_isp
 from batman.config import BatmanError, Config, check_options
 from batman.files import atomic_dir, atomic_path
+from batman.infer import Enhancer, auto_gain
 
 _DONE = object()
-
-
-# --- the enhancer: model + tiling + state ------------------------------------------------------
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` shared."""
-    if tile <= 0 or length <= tile:
-        return [0]
-    step = max(tile - overlap, 1)
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return sorted(set(starts))
-
-
-def ramp_weights(size: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
-    """1-D blending weights of a tile. On a side shared with a neighbour the outer quarter of the
-    overlap gets weight 0 (those pixels saw the tile's artificial border) and the next half ramps up
-    linearly, so the neighbour, whose own margin lies elsewhere, covers every pixel."""
-    w = np.ones(size, np.float32)
-    margin, ramp_len = overlap // 4, max(overlap // 2, 1)
-    ramp = np.concatenate([np.zeros(margin, np.float32),
-                           (np.arange(ramp_len, dtype=np.float32) + 0.5) / ramp_len])[: size // 2]
-    if overlap > 0:
-        if not at_start:
-            w[: len(ramp)] = ramp
-        if not at_end:
-            w[size - len(ramp):] = ramp[::-1]
-    return w
-
-
-class Enhancer:
-    """Wraps a model for frame-by-frame inference: (C, H, W) float32 -> (sH, sW, 3) float32 in [0, 1]."""
-
-    def __init__(self, model: torch.nn.Module, scale: int, device: torch.device | str = "cpu",
-                 tile: int = 0, overlap: int = 32):
-        if tile and tile <= 2 * overlap:
-            raise BatmanError(f"--tile {tile} must be larger than twice --overlap {overlap}")
-        self.model, self.scale, self.device = model.eval(), scale, torch.device(device)
-        self.tile, self.overlap = tile, overlap
-        self.states: dict = {}
-
-    def reset(self) -> None:
-        """Start a new video: every tile's recurrent state back to zeros."""
-        self.states = {}
-
-    @torch.inference_mode()
-    def _run(self, key, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).to(self.device)
-        y, self.states[key] = self.model.step(t, self.states.get(key))
-        return y[0].float().cpu().numpy()  # (3, sh, sw)
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        _, h, w = frame.shape
-        s = self.scale
-        ys, xs = tile_starts(h, self.tile, self.overlap), tile_starts(w, self.tile, self.overlap)
-        if len(ys) == 1 and len(xs) == 1:
-            return np.clip(self._run((0, 0), frame).transpose(1, 2, 0), 0, 1)
-        th, tw = min(self.tile, h), min(self.tile, w)
-        acc = np.zeros((3, h * s, w * s), np.float32)
-        weight = np.zeros((h * s, w * s), np.float32)
-        for y0 in ys:
-            wy = ramp_weights(th * s, self.overlap * s, y0 == 0, y0 + th >= h)
-            for x0 in xs:
-                wx = ramp_weights(tw * s, self.overlap * s, x0 == 0, x0 + tw >= w)
-                out = self._run((y0, x0), frame[:, y0:y0 + th, x0:x0 + tw])
-                win = np.outer(wy, wx)
-                acc[:, y0 * s:(y0 + th) * s, x0 * s:(x0 + tw) * s] += out * win
-                weight[y0 * s:(y0 + th) * s, x0 * s:(x0 + tw) * s] += win
-        return np.clip((acc / weight).transpose(1, 2, 0), 0, 1)
 
 
 # --- threads that overlap decoding and encoding with inference ---------------------------------
@@ -240,7 +172,6 @@ def burst_video(cfg: Config, folder, gain: float | None = None):
     """A folder of raw frames as a Video with one gain for every frame: `gain`, else chosen from the
     burst's brightness (infer.auto_gain); the choice is printed."""
     from batman.data.drv import check_video_id, folder_video
-    from batman.infer import auto_gain
 
     if cfg.data.mode != "raw":
         raise BatmanError(f"the model was trained on {cfg.data.mode} input; --input {folder} holds raw "
@@ -283,14 +214,14 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
            device: str | None = None, gain: float | None = None) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths."""
     from batman.ckpt import load_model, resolve_device
-    from batman.data.cache import find_cache
+    from batman.data.cache import open_cache
 
     check_options("export", fps=fps, frames=frames, tile=tile, overlap=overlap)
     device = resolve_device(device)
     net, cfg = load_model(model, device)  # model None: the default model, printed
     out = Path(out)
     written = []
-    cache = find_cache(root, cfg.data.cache or None) if root else None
+    cache = open_cache(root, cfg.data.cache or None) if root else None
     for video in resolve_videos(cfg, root, input_folder, split, videos, cache, gain):
         written += export_video(net, cfg, video, out, tile=tile, overlap=overlap, side_by_side=side_by_side,
                                 fps=fps, frames=frames, device=device, cache=cache)
@@ -326,7 +257,6 @@ def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Pat
                   cache) -> None:
     """Decode, enhance and write n frames; on any error ffmpeg is stopped and the error raised."""
     from batman.data.dataset import iter_frames, load_targets
-    from batman.evaluate import baseline_isp
 
     main, side = sinks[0], (sinks[1] if len(sinks) > 1 else None)
     isp = baseline_isp(video, cfg) if side else None

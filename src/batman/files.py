@@ -18,14 +18,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from batman.errors import BatmanError
+
 # mkstemp's random part: 8 characters of [a-z0-9_]
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(?P<suffix>(\.[^.]+)?)$")
-
-
-def _error(message: str) -> Exception:
-    """A BatmanError; imported here at call time because config.py imports this module."""
-    from batman.config import BatmanError
-    return BatmanError(message)
 
 
 def _reason(e: OSError) -> str:
@@ -34,7 +30,7 @@ def _reason(e: OSError) -> str:
 
 def write_error(path: str | Path, e: OSError) -> Exception:
     """The one-line error for a failed write (full disk, file-size limit, read-only folder)."""
-    return _error(f"cannot write {path} ({_reason(e)}): check free space, permissions and file-size limits")
+    return BatmanError(f"cannot write {path} ({_reason(e)}): check free space, permissions and file-size limits")
 
 
 def ensure_dir(path: str | Path) -> Path:
@@ -42,11 +38,11 @@ def ensure_dir(path: str | Path) -> Path:
     path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise _error(f"{existing} is a file, not a folder: choose another path")
+        raise BatmanError(f"{existing} is a file, not a folder: choose another path")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _error(f"cannot create folder {path} ({_reason(e)}): check the path and its permissions") from None
+        raise BatmanError(f"cannot create folder {path} ({_reason(e)}): check the path and its permissions") from None
     return path
 
 
@@ -146,7 +142,7 @@ def atomic_dir(path: str | Path):
     ensure_dir(path.parent)
     remove_stale_temps(path.parent, path.name)
     if path.exists() and not path.is_dir():
-        raise _error(f"{path} is a file, not a folder: move it away and rerun")
+        raise BatmanError(f"{path} is a file, not a folder: move it away and rerun")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_umask())
@@ -213,7 +209,7 @@ def exclusive(lock_path: str | Path, busy: str):
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise write_error(lock_path, e) from None
-            raise _error(busy) from None
+            raise BatmanError(busy) from None
         yield
 
 

@@ -1,6 +1,11 @@
-"""Choices made before inference: the exposure (gain) of a burst that comes with no long exposure.
+"""Streaming inference: the Enhancer (a model run frame by frame, its recurrent state carried, large
+frames cut into overlapping tiles and blended), and the choice made before it, the exposure (gain) of
+a burst that comes with no long exposure.
 
-A DRV video knows its gain (long exposure / frame exposure). A user's own dark burst does not, and
+Tiles: a frame larger than `tile` is cut into tiles overlapping by at least `overlap`, each with its
+own recurrent state, and blended with linear ramps so no seam shows.
+
+Exposure: a DRV video knows its gain (long exposure / frame exposure). A user's own dark burst does not, and
 multiplied by 1 it goes into the network as black. The gain is chosen from the burst itself:
 
     gain = clip(level / brightness(burst), 1, max_gain)
@@ -13,8 +18,80 @@ video, from its first frames, so the output does not flicker; a burst that is al
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from batman.config import DataCfg
+from batman.config import BatmanError, DataCfg
+from batman.data.dataset import FrameReader
+
+# --- the enhancer: model + tiling + state ------------------------------------------------------
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` shared."""
+    if tile <= 0 or length <= tile:
+        return [0]
+    step = max(tile - overlap, 1)
+    starts = list(range(0, length - tile, step)) + [length - tile]
+    return sorted(set(starts))
+
+
+def ramp_weights(size: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
+    """1-D blending weights of a tile. On a side shared with a neighbour the outer quarter of the
+    overlap gets weight 0 (those pixels saw the tile's artificial border) and the next half ramps up
+    linearly, so the neighbour, whose own margin lies elsewhere, covers every pixel."""
+    w = np.ones(size, np.float32)
+    margin, ramp_len = overlap // 4, max(overlap // 2, 1)
+    ramp = np.concatenate([np.zeros(margin, np.float32),
+                           (np.arange(ramp_len, dtype=np.float32) + 0.5) / ramp_len])[: size // 2]
+    if overlap > 0:
+        if not at_start:
+            w[: len(ramp)] = ramp
+        if not at_end:
+            w[size - len(ramp):] = ramp[::-1]
+    return w
+
+
+class Enhancer:
+    """Wraps a model for frame-by-frame inference: (C, H, W) float32 -> (sH, sW, 3) float32 in [0, 1]."""
+
+    def __init__(self, model: torch.nn.Module, scale: int, device: torch.device | str = "cpu",
+                 tile: int = 0, overlap: int = 32):
+        if tile and tile <= 2 * overlap:
+            raise BatmanError(f"--tile {tile} must be larger than twice --overlap {overlap}")
+        self.model, self.scale, self.device = model.eval(), scale, torch.device(device)
+        self.tile, self.overlap = tile, overlap
+        self.states: dict = {}
+
+    def reset(self) -> None:
+        """Start a new video: every tile's recurrent state back to zeros."""
+        self.states = {}
+
+    @torch.inference_mode()
+    def _run(self, key, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).to(self.device)
+        y, self.states[key] = self.model.step(t, self.states.get(key))
+        return y[0].float().cpu().numpy()  # (3, sh, sw)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        _, h, w = frame.shape
+        s = self.scale
+        ys, xs = tile_starts(h, self.tile, self.overlap), tile_starts(w, self.tile, self.overlap)
+        if len(ys) == 1 and len(xs) == 1:
+            return np.clip(self._run((0, 0), frame).transpose(1, 2, 0), 0, 1)
+        th, tw = min(self.tile, h), min(self.tile, w)
+        acc = np.zeros((3, h * s, w * s), np.float32)
+        weight = np.zeros((h * s, w * s), np.float32)
+        for y0 in ys:
+            wy = ramp_weights(th * s, self.overlap * s, y0 == 0, y0 + th >= h)
+            for x0 in xs:
+                wx = ramp_weights(tw * s, self.overlap * s, x0 == 0, x0 + tw >= w)
+                out = self._run((y0, x0), frame[:, y0:y0 + th, x0:x0 + tw])
+                win = np.outer(wy, wx)
+                acc[:, y0 * s:(y0 + th) * s, x0 * s:(x0 + tw) * s] += out * win
+                weight[y0 * s:(y0 + th) * s, x0 * s:(x0 + tw) * s] += win
+        return np.clip((acc / weight).transpose(1, 2, 0), 0, 1)
+
+
+# --- exposure ----------------------------------------------------------------------------------
 
 BURST_FRAMES = 8      # frames whose brightness sets a burst's gain
 SUBSAMPLE = 4         # every 4th pixel each way: the statistic of millions of pixels needs no more
@@ -39,7 +116,6 @@ def exposure_level(videos, reader, max_videos: int = 32) -> float:
 
 def auto_gain(video, cfg: DataCfg) -> float:
     """The gain that brings the burst's brightness to cfg.exposure_level, within [1, cfg.max_gain]."""
-    from batman.data.dataset import FrameReader
     reader = FrameReader(cfg)
     n = min(BURST_FRAMES, len(video.frames))
     level = float(np.mean([brightness(reader.linear(video, i)) for i in range(n)]))

@@ -28,6 +28,7 @@ from batman import ckpt as ckpts
 from batman.config import BatmanError, Config
 from batman.files import atomic_path, ensure_dir, remove_stale_temps
 from batman.model.net import detach_state, model_for
+from batman.report import pyplot, save_figure
 
 
 # --- set-up ---------------------------------------------------------------------------------
@@ -117,14 +118,14 @@ class EpochSampler(Sampler):
 
 
 def build_data(cfg: Config, d: Dist):
-    from batman.data.cache import find_cache
+    from batman.data.cache import open_cache
     from batman.data.dataset import ClipDataset, worker_init_fn
     from batman.data.drv import load_split
 
     root = cfg.data.root
     if not root:
         raise BatmanError("no data set: pass --root DIR (a DRV-layout folder, e.g. from `batman synth`)")
-    cache = find_cache(root, cfg.data.cache or None)
+    cache = open_cache(root, cfg.data.cache or None)
 
     def dataset(split: str, train: bool) -> ClipDataset:
         videos = load_split(root, split, cfg.data.mode, cache=cache)
@@ -434,10 +435,7 @@ def log_epoch(board, row: dict, images: list[torch.Tensor], step: int) -> None:
 
 
 def plot_losses(path: Path, history: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -446,9 +444,7 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     ax2.plot(epochs, [h["val_psnr"] for h in history], "o-", color="C2")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("validation PSNR (dB)"), ax2.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def out_of_time(prog: Progress, cfg: Config) -> bool:

@@ -1,8 +1,9 @@
 """Decode every raw frame once into memory-mapped .npy counts + a manifest (`batman prepare`).
 
-One canonical decode serves both paths: `decode_counts` gives the packed R, G1, G2, B mosaic summed
-over bin x bin blocks as exact integers, and `normalize` turns counts into float32. The cache stores
-the counts, so a clip read from the cache is bit-identical to one decoded from the raws.
+The cache stores what the canonical decode (batman.data.raw.decode_counts) gives: the packed R, G1, G2, B
+mosaic summed over bin x bin blocks as exact integers, so a clip read from the cache is bit-identical
+to one decoded from the raws. A job opens the cache once (`open_cache`) and hands the FrameCache to
+drv.load_split and the dataset.
 
 Layout: <cache>/manifest.json and <cache>/short/<id>/<frame name>.npy. Manifest keys are the source
 paths relative to the root (`short/<id>/<name>`), so a frame's entry is found from its path alone;
@@ -14,8 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import statistics
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 
 from batman.config import BatmanError, check_options
 from batman.data import drv
-from batman.data.raw import read_header
+from batman.data.raw import decode_counts, read_header
 from batman.files import (atomic_write_bytes, atomic_write_text, ensure_dir, exclusive, format_bytes, free_bytes,
                           remove_stale_temps)
 
@@ -36,61 +35,6 @@ MANIFEST_VERSION = 1
 DEFAULT_BIN = 2
 _FLUSH_FRAMES = 64   # rewrite the manifest after this many new frames ...
 _FLUSH_S = 10.0      # ... or this many seconds, so a killed prepare loses little work
-
-
-# --- the canonical decode -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FrameCounts:
-    """counts: (4, h, w) uint16 (uint32 when a sum exceeds 65535) R, G1, G2, B summed over bin x bin."""
-    counts: np.ndarray
-    black: tuple[float, ...]     # per canonical channel, sensor units
-    white: float
-    exposure_s: float | None
-    mosaic: tuple[int, int]      # visible mosaic (H, W) of the source
-
-
-def pack_counts(bayer_u16: np.ndarray, pattern: str) -> np.ndarray:
-    """(H, W) mosaic -> (4, H//2, W//2) uint16 R, G1, G2, B (odd edges cropped), values untouched."""
-    from batman.data.raw import canonical_offsets
-    h, w = bayer_u16.shape[0] // 2 * 2, bayer_u16.shape[1] // 2 * 2
-    return np.stack([bayer_u16[dy:h:2, dx:w:2] for dy, dx in canonical_offsets(pattern)])
-
-
-def bin_counts(packed: np.ndarray, bin: int) -> np.ndarray:
-    """Sum bin x bin blocks exactly; uint16 when every sum fits, else uint32 (odd edges cropped)."""
-    if bin == 1:
-        return np.ascontiguousarray(packed)
-    c, h, w = packed.shape
-    h, w = h // bin, w // bin
-    sums = np.zeros((c, h, w), dtype=np.uint32)
-    for dy in range(bin):  # bin^2 strided adds: 4x faster than a reshape-sum over the block axes
-        for dx in range(bin):
-            sums += packed[:, dy : h * bin : bin, dx : w * bin : bin]
-    return sums.astype(np.uint16) if sums.size == 0 or sums.max() <= 65535 else sums
-
-
-def decode_counts(path: str | Path, bin: int) -> FrameCounts:
-    """Read one raw file and bin its packed mosaic: the data the cache stores."""
-    from batman.data.raw import read_raw
-    frame = read_raw(path)
-    return FrameCounts(counts=bin_counts(pack_counts(frame.bayer_u16, frame.pattern), bin),
-                       black=tuple(frame.black), white=frame.white, exposure_s=frame.exposure_s,
-                       mosaic=(frame.height, frame.width))
-
-
-def normalize(counts: np.ndarray, black, white: float, bin: int) -> np.ndarray:
-    """counts (4, h, w) -> float32 (counts / bin^2 - black) / (white - black), below-black values kept.
-
-    Element-wise, so normalising a crop equals cropping the normalised frame bit for bit.
-    """
-    x = np.asarray(counts).astype(np.float32)  # exact: sums stay below 2**24
-    if bin > 1:
-        x /= np.float32(bin * bin)
-    black = np.asarray(black, dtype=np.float32).reshape(-1, 1, 1)
-    x -= black
-    x /= np.float32(white) - black
-    return x
 
 
 # --- reading a prepared cache ---------------------------------------------------------------
@@ -179,6 +123,12 @@ def find_cache(root: str | Path, cache: str | Path | None = None) -> Path | None
         return folder
     folder = Path(root) / "cache"
     return folder if (folder / MANIFEST).is_file() else None
+
+
+def open_cache(root: str | Path, cache: str | Path | None = None) -> FrameCache | None:
+    """The cache find_cache chooses, opened (manifest read once), or None when there is none."""
+    folder = find_cache(root, cache)
+    return FrameCache.open(folder) if folder else None
 
 
 # --- prepare --------------------------------------------------------------------------------
@@ -390,86 +340,3 @@ def _decode_all(todo: list[_Task], folder: Path, manifest: dict, bin: int, worke
             if since_write >= _FLUSH_FRAMES or time.monotonic() - last_write >= _FLUSH_S:
                 _write_manifest(folder, manifest)
                 last_write, since_write = time.monotonic(), 0
-
-
-# --- benchmark ------------------------------------------------------------------------------
-
-def _bench_tree(root: Path, size: tuple[int, int], videos: int, frames: int) -> None:
-    """A DRV-layout tree of random dark DNG frames at `size` (Bayer H, W) with blank 8-bit ground truth."""
-    import imageio.v3 as iio
-
-    from batman.data.raw import write_dng
-    rng = np.random.default_rng(0)
-    h, w = size
-    for v in range(videos):
-        vid = f"{v + 1:04d}"
-        for f in range(frames):
-            bayer = rng.integers(500, 900, size=(h, w), dtype=np.uint16)
-            write_dng(root / "short" / vid / f"{f + 1:05d}.dng", bayer, "RGGB", 512, 16383, 0.01)
-        write_dng(root / "long" / vid / "long.dng", np.full((32, 32), 4000, np.uint16), "RGGB", 512, 16383, 1.0)
-        iio.imwrite(root / "long" / vid / "half0001.png", np.zeros((h // 4, w // 4, 3), np.uint8))
-    (root / "train_list.txt").write_text("".join(f"{v + 1:04d}\n" for v in range(videos)))
-
-
-def _drop_page_cache(paths: list[Path]) -> None:
-    """Ask the kernel to forget these files' pages, so the next read comes from disk (Linux)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def _clips_per_s(dataset, clips: int) -> float:
-    start = time.perf_counter()
-    for i in range(clips):
-        dataset[i]
-    return clips / (time.perf_counter() - start)
-
-
-def bench_data(root: str | Path | None = None, size: tuple[int, int] = (2048, 3072), clips: int = 8,
-               reps: int = 5, frames: int = 8, cache: str | Path | None = None) -> dict:
-    """Training clips/s read from the cache vs decoded from the raws, side by side on the same clips.
-
-    Without `root`, a synthetic set of 2 videos x `frames` DNG frames at `size` (Bayer) is written to a
-    temporary folder and prepared. Each repetition times both paths warm (files in the page cache) and
-    cold (pages dropped first); the medians are reported. The two paths' tensors are checked equal.
-    """
-    import torch
-
-    from batman.config import DataCfg
-    from batman.data.dataset import ClipDataset
-    with tempfile.TemporaryDirectory(prefix="batman-bench-data-") as tmp:
-        if root is None:
-            root = Path(tmp) / "drv"
-            _bench_tree(root, size, videos=2, frames=frames)
-            cache = prepare(root, cache=Path(tmp) / "cache")
-        root = Path(root)
-        cache = find_cache(root, cache)
-        if cache is None:
-            raise BatmanError(f"no prepared cache for {root}: run batman prepare --root {root} first")
-        videos = drv.load_split(root, "train", cache=cache)
-        cfg = DataCfg(root=str(root), frames=min(frames, min(len(v.frames) for v in videos)))
-        cached, decoded = ClipDataset(videos, cfg, cache=cache), ClipDataset(videos, cfg)
-        clips = min(clips, len(cached))
-        for i in range(clips):
-            if not torch.equal(cached[i]["input"], decoded[i]["input"]):
-                raise BatmanError(f"bench data: clip {i} differs between the cache and the raws")
-        files = [Path(p) for v in videos for p in v.frames] + sorted(Path(cache).rglob("*.npy"))
-        rates: dict[str, list[float]] = {k: [] for k in ("cache_warm", "decode_warm", "cache_cold", "decode_cold")}
-        for _ in range(reps):
-            for name, dataset in (("cache", cached), ("decode", decoded)):
-                rates[f"{name}_warm"].append(_clips_per_s(dataset, clips))
-                _drop_page_cache(files)
-                rates[f"{name}_cold"].append(_clips_per_s(dataset, clips))
-    result = {k: statistics.median(v) for k, v in rates.items()}
-    result.update(speedup_warm=result["cache_warm"] / result["decode_warm"],
-                  speedup_cold=result["cache_cold"] / result["decode_cold"],
-                  clips=clips, reps=reps, frames=cfg.frames, crop=list(cfg.crop), bin=cfg.bin, size=list(size))
-    print(f"bench data: {clips} clips of {cfg.frames} frames, crop {cfg.crop}, median of {reps}: "
-          f"cache {result['cache_warm']:.1f} clips/s vs decode {result['decode_warm']:.1f} "
-          f"({result['speedup_warm']:.1f}x) warm; cache {result['cache_cold']:.1f} vs decode "
-          f"{result['decode_cold']:.1f} ({result['speedup_cold']:.1f}x) cold")
-    return result

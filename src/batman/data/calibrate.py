@@ -33,7 +33,8 @@ from batman.config import BatmanError
 from batman.data.drv import raw_folder
 from batman.data.noise import CAMERA_FORMAT, tukey_lambda_variance
 from batman.data.raw import RawFrame, canonical_offsets, read_raw
-from batman.files import atomic_path, atomic_write_text
+from batman.files import atomic_write_text
+from batman.report import pyplot, save_figure
 
 DARK_MAX_ABOVE_BLACK = 0.01   # a dark frame's channel means lie within 1% of the range above the file's black
 FLAT_MIN_SNR = 10.0           # a flat's mean signal: at least 10 x the read noise
@@ -289,10 +290,8 @@ def calibrate(dark: str | Path, flat: str | Path, out: str | Path = "camera.json
 def plot_fits(path: Path, fits: list) -> None:
     """One row per ISO: the photon transfer curve, the dark residuals against the fitted read noise,
     the row means against the fitted row noise."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy import stats
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(fits), 3, figsize=(14, 3.8 * len(fits)), squeeze=False)
     for (iso, dark, ptc), (ax1, ax2, ax3) in zip(fits, axes):
@@ -318,6 +317,4 @@ def plot_fits(path: Path, fits: list) -> None:
         ax3.set(xlabel="DN", title="row noise")
         ax3.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)

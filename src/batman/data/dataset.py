@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from batman.config import BatmanError, DataCfg
-from batman.data.cache import FrameCache, decode_counts, normalize
+from batman.data.cache import FrameCache
 from batman.data.drv import Video, png_size, read_target
+from batman.data.raw import decode_counts, normalize
 
 
 def input_grid(video: Video, bin: int) -> tuple[int, int]:
@@ -48,7 +49,7 @@ def gained(x: np.ndarray, gain: float, max_gain: float) -> np.ndarray:
 
 def to_linear_srgb(packed: np.ndarray, cam_to_srgb) -> np.ndarray:
     """Packed balanced camera R, G1, G2, B (4, h, w) -> packed linear sRGB (isp.packed_colour_matrix)."""
-    from batman.data.isp import packed_colour_matrix
+    from batman.isp import packed_colour_matrix
     m = packed_colour_matrix(cam_to_srgb).astype(np.float32)
     return np.einsum("ij,jhw->ihw", m, packed, optimize=True).astype(np.float32, copy=False)
 
@@ -72,13 +73,14 @@ class Window:
 
 
 class FrameReader:
-    """Reads one input frame (C, h, w) of a window, from the cache when it has the frame."""
+    """Reads one input frame (C, h, w) of a window, from the cache (open, see cache.open_cache) when it has
+    the frame."""
 
-    def __init__(self, cfg: DataCfg, cache: str | Path | None = None):
+    def __init__(self, cfg: DataCfg, cache: FrameCache | None = None):
         if cfg.colour not in ("srgb", "camera"):
             raise BatmanError(f"data.colour must be srgb or camera, got {cfg.colour!r}")
         self.cfg = cfg
-        self.cache = FrameCache.open(cache) if cache else None
+        self.cache = cache
         if self.cache is not None and self.cache.bin != cfg.bin:
             raise BatmanError(f"cache {self.cache.folder} was prepared with bin={self.cache.bin} but "
                               f"data.bin={cfg.bin}: rerun batman prepare with bin {cfg.bin} or use another cache")
@@ -132,7 +134,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, videos: list[Video], cfg: DataCfg, scale: int = 1, train: bool = True, seed: int = 0,
-                 cache: str | Path | None = None):
+                 cache: FrameCache | None = None):
         if not videos:
             raise BatmanError("no videos to make clips from")
         self.videos, self.cfg, self.scale, self.train, self.seed = list(videos), cfg, scale, train, seed
@@ -231,7 +233,7 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(seed)
 
 
-def iter_frames(video: Video, cfg: DataCfg, cache: str | Path | None = None) -> Iterator[np.ndarray]:
+def iter_frames(video: Video, cfg: DataCfg, cache: FrameCache | None = None) -> Iterator[np.ndarray]:
     """Every full input frame of a video, float32 (C, H, W) gained and clipped, one at a time."""
     reader = FrameReader(cfg, cache)
     for i in range(len(video.frames)):

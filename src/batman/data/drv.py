@@ -223,7 +223,8 @@ def frame_gains(root: Path, video_id: str, frames: list[Path], exposures: list[f
 def _frame_facts(frames: list[Path], mode: str, cache) -> tuple[list[Path], list[tuple[int, int]], list]:
     """(usable frames, sizes, exposures): from a fresh cache entry when there is one, else the header.
 
-    Frames the cache lists as bad are left out.
+    Frames the cache lists as bad are left out. `cache`: an open FrameCache (its `entry` and
+    `long_exposure` are all this module asks of it) or None.
     """
     kept, sizes, exposures = [], [], []
     for path in frames:
@@ -274,13 +275,11 @@ def _targets(root: Path, video_id: str, all_frames: list[Path], kept: list[Path]
     return tuple(by_frame[f] for f in kept)
 
 
-def load_video(root: str | Path, video_id: str, mode: str = "raw", cache: str | Path | None = None) -> Video:
-    """One video of a DRV-layout root. `cache`: a prepared cache folder (exposures, sizes, bad frames)."""
-    from batman.data.cache import FrameCache
-    root = Path(root)
+def load_video(root: str | Path, video_id: str, mode: str = "raw", cache=None) -> Video:
+    """One video of a DRV-layout root. `cache`: an open prepared cache (batman.data.cache.open_cache) whose
+    exposures, sizes and bad frames are used, or None."""
     check_video_id(video_id, "load_video")
-    frame_cache = FrameCache.open(cache) if cache else None
-    return _load_video(root, video_id, mode, frame_cache)
+    return _load_video(Path(root), video_id, mode, cache)
 
 
 def _load_video(root: Path, video_id: str, mode: str, cache) -> Video:
@@ -299,15 +298,13 @@ def _load_video(root: Path, video_id: str, mode: str, cache) -> Video:
                  wb=header.wb if header else (1.0, 1.0, 1.0, 1.0), cam_to_srgb=header.cam_to_srgb if header else None)
 
 
-def load_split(root: str | Path, split: str, mode: str = "raw", cache: str | Path | None = None) -> list[Video]:
-    """The videos of a split. Pass the prepared cache (batman.data.cache.find_cache) so that frame
+def load_split(root: str | Path, split: str, mode: str = "raw", cache=None) -> list[Video]:
+    """The videos of a split. Pass the job's open cache (batman.data.cache.open_cache) so that frame
     headers are not re-read and frames prepare listed as bad are left out."""
-    from batman.data.cache import FrameCache
     root = Path(root)
     if not root.is_dir():
         raise BatmanError(f"data set root {root} does not exist")
-    frame_cache = FrameCache.open(cache) if cache else None
-    return [_load_video(root, vid, mode, frame_cache) for vid in split_ids(root, split)]
+    return [_load_video(root, vid, mode, cache) for vid in split_ids(root, split)]
 
 
 def raw_folder(folder: str | Path, what: str) -> list[Path]:

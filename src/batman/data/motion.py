@@ -228,7 +228,7 @@ def light_gain(light: Light | None, u: tuple[np.ndarray, np.ndarray], t: int) ->
 
 def relight(srgb: np.ndarray, gain) -> np.ndarray:
     """Scale an sRGB image's scene-linear intensity (undo tone curve and gamma, scale, redo)."""
-    from batman.data.isp import gamma_srgb, inverse_gamma_srgb, inverse_tone_curve, tone_curve
+    from batman.isp import gamma_srgb, inverse_gamma_srgb, inverse_tone_curve, tone_curve
     if np.isscalar(gain) and gain == 1.0:
         return srgb
     linear = inverse_gamma_srgb(inverse_tone_curve(srgb)) * np.asarray(gain)[..., None]

@@ -26,7 +26,7 @@ import numpy as np
 
 from batman.config import BatmanError
 from batman.data import motion
-from batman.data.isp import cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline, unprocess
+from batman.isp import cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline, unprocess
 from batman.data.noise import CalibratedProfile, NoiseParams, add_sensor_noise, load_camera, sample_noise_params
 from batman.data.raw import bin2x2, unpack_bayer, write_dng
 from batman.files import atomic_path, atomic_write_text

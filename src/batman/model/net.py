@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from batman.config import BatmanError, Config, ModelCfg
-from batman.data.isp import gamma_srgb
+from batman.isp import gamma_srgb
 from batman.model.align import FlowAlign, warp_state
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
