@@ -123,7 +123,7 @@ def test_recursive_head_starts_as_the_temporal_mean_through_a_camera_pipeline(na
 
 
 def test_fixed_pipeline_is_the_exact_srgb_gamma_and_learns_nothing():
-    from batman.data.isp import gamma_srgb
+    from batman.isp import gamma_srgb
     model = build_model(tiny(pipeline="fixed"), 4)
     head = model.head
     assert head.colour is None and not any(n.startswith("head.colour") or "curve" in n for n, _ in model.named_parameters())
