@@ -79,22 +79,33 @@ export_video: install  ## enhance videos into result_path/video/*.mp4 and result
 bench: install  ## benchmarks: inference, export, data, memory, quality study
 	$(BATMAN) bench all --out $(result_path)/bench
 
-pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; kodim19-24 held out; minutes=95 per model)
+pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; kodim19-24 held out; see docs/MODEL_CARD.md)
 	$(BATMAN) synth --out $(pretrain_dir)/train_data --images $(photos) --exclude $(HELDOUT) --videos 120 --dynamic 40 \
 	    --frames 12 --size 768x768 --cameras train --seed 1
 	$(BATMAN) synth --out $(pretrain_dir)/heldout --images $(photos) --only $(HELDOUT) --videos 12 --dynamic 6 \
 	    --frames 16 --size 768x768 --cameras heldout --seed 7 --test-only
+	@echo "stage 1: $(minutes) min from scratch, learned pipeline, the encoder sees the frame only"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm --resume auto \
-	    --set train.max_minutes=$(minutes) $(SET)
+	    --set train.max_minutes=$(minutes) model.encoder_mean=False model.pipeline=learned $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm --out $(pretrain_dir)/stage1.safetensors
+	@echo "stage 2: widened to the pretrain preset (the encoder also sees the running mean; fixed sRGB pipeline)"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_mean --resume auto \
+	    --init $(pretrain_dir)/stage1.safetensors --set train.epochs=45 train.schedule=cosine train.warmup_steps=50 $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_mean --out $(pretrain_dir)/stage2.safetensors
+	@echo "stage 3: 12-frame clips, so that the filter learns to average longer than 6 frames"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_long --resume auto \
+	    --init $(pretrain_dir)/stage2.safetensors --set train.epochs=30 train.schedule=cosine train.warmup_steps=20 \
+	    train.lr=3e-4 data.frames=12 $(SET)
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet --resume auto \
 	    --set train.max_minutes=$(minutes) model.name=unet $(SET)
-	$(BATMAN) release $(pretrain_dir)/clstm --out trained_model/batman_default.safetensors
+	$(BATMAN) release $(pretrain_dir)/clstm_long --out trained_model/batman_default.safetensors
 	$(BATMAN) release $(pretrain_dir)/unet --out $(pretrain_dir)/unet.safetensors
 	for split in test dynamic; do \
 	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/eval_$$split \
 	      --model trained_model/batman_default.safetensors --compare $(pretrain_dir)/unet.safetensors || exit 1; \
 	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/classical_$$split \
-	      --model $(pretrain_dir)/unet.safetensors --baselines traditional mean bm3d mean-bm3d bm4d \
+	      --model trained_model/batman_default.safetensors --compare $(pretrain_dir)/unet.safetensors \
+	      --baselines traditional mean bm3d mean-bm3d bm4d \
 	      --videos $$( [ $$split = test ] && echo 0001 0003 || echo M0000 M0001 ) || exit 1; \
 	done
 
