@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 from batman import ckpt
 from batman.config import BatmanError
@@ -27,6 +28,20 @@ def test_shipped_weights_are_small_and_reproduce_their_reference_output():
     model, cfg = ckpt.load_model(ckpt.SHIPPED)
     assert cfg.data.exposure_level > 0 and cfg.data.colour == "srgb"
     np.testing.assert_allclose(ckpt.reference_output(model), sidecar["reference_output"], atol=2e-3)
+
+
+def test_release_over_earlier_weights_writes_a_matching_pair(tmp_path):
+    """Releasing onto an existing file once failed: it read the new weights back against the old sidecar."""
+    from batman.config import make_config
+    from batman.model.net import model_for
+    cfg = make_config("demo", {"model.hidden": 8, "model.fusion": 8})
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        ckpt.save_checkpoint(tmp_path / "run.pt", {"model": model_for(cfg).state_dict(), "config": cfg.to_json()})
+        out = ckpt.release_weights(tmp_path / "run.pt", tmp_path / "w.safetensors")
+        model, _ = ckpt.load_model(out)  # checks the sha256
+        sidecar = json.loads(out.with_suffix(".json").read_text())
+        assert ckpt.reference_output(model) == sidecar["reference_output"]
 
 
 def test_a_damaged_weights_file_is_refused(tmp_path):

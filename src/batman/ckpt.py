@@ -324,6 +324,7 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     from safetensors.torch import save
 
     from batman.files import atomic_write_text
+    from batman.model.net import model_for
     checkpoint, out = Path(checkpoint), Path(out)
     ckpt = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ckpt, checkpoint)
@@ -331,8 +332,9 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     bad = non_finite(state)
     if bad:
         raise BatmanError(f"{checkpoint} holds non-finite weights (or beyond float16: {bad}): not released")
+    model = model_for(without_init(cfg)).eval()  # the float16 weights as load_weights returns them; not read back
+    load_state_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, checkpoint)
     atomic_write_bytes(out, save(state, metadata={"format": WEIGHTS_FORMAT, "config": cfg.to_json()}))
-    model, _ = load_model(out)
     sidecar = {"weights": out.name, "sha256": sha256_of(out), "format": WEIGHTS_FORMAT, "source": str(checkpoint),
                "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "commit": ckpt.get("commit"),
                "reference_output": reference_output(model), "config": cfg.to_dict(), **(card or {})}
