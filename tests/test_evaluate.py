@@ -79,6 +79,14 @@ def test_ghosting_shows_in_the_moving_region_only(reports):
     assert (out / "ghosting_M0000.png").stat().st_size > 5000 and not (out / "ghosting_0001.png").exists()
 
 
+def test_moving_videos_without_classical_baselines_still_get_their_ghosting_figure(long_clip, tmp_path):
+    """`--baselines` alone (none) once crashed on the figure's input panel, the traditional pipeline."""
+    root, model = long_clip
+    report = evaluate(root, model=model, split="dynamic", out=tmp_path, device="cpu", with_ssim=False, classical=(),
+                      frames=4)
+    assert list(report["videos"]["M0000"]) == ["m"] and (tmp_path / "ghosting_M0000.png").is_file()
+
+
 def test_crop_box_holds_the_mask_and_stays_inside():
     mask = np.zeros((40, 50), bool)
     mask[2:5, 45:48] = True

@@ -275,8 +275,8 @@ def plot_ghosting(path: Path, title: str, mask: np.ndarray, outputs: dict, truth
     if not mask.any():
         return
     box = crop_box(mask)
-    panels = [("input (traditional)", outputs[TRADITIONAL])] + [(m, o) for m, o in outputs.items()
-                                                                if m != TRADITIONAL] + [("truth", truth)]
+    first = [("input (traditional)", outputs[TRADITIONAL])] if TRADITIONAL in outputs else []  # --baselines none
+    panels = first + [(m, o) for m, o in outputs.items() if m != TRADITIONAL] + [("truth", truth)]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
     for ax, (name, image) in zip(axes[0], panels):
         ax.imshow(np.clip(image[box], 0, 1), interpolation="nearest")
