@@ -82,3 +82,19 @@ def test_flow_head_is_a_zero_refinement_of_the_correlation():
     flow, z = align(torch.rand(1, 4, 16, 16), torch.rand(1, 8, 4, 4), None)
     assert align.refine.weight.abs().sum() == 0 and flow is None and z.shape == (1, 9, 4, 4)
     assert torch.allclose(z.norm(dim=1), torch.ones(1, 4, 4), atol=1e-4)
+
+
+def test_margin_keeps_a_noisy_still_scene_still_and_a_translation_moving():
+    """Two noisy frames of a still texture: without a margin every pixel gets some (sub-pixel or random) flow,
+    so a static scene's state would jitter; with one the flow is zero there, while a translation, whose best
+    match beats no motion by far, is still followed."""
+    g = torch.Generator().manual_seed(1)
+    still = [scene(1)[:, 0] + 0.05 * torch.randn(1, 4, 64, 64, generator=g) for _ in range(2)]
+    moving = scene(2)
+    for margin in (0.0, 0.3):
+        align = FlowAlign(8, margin=margin)
+        zs = [align.descriptor(f) for f in still]
+        share = (align.peak(align.correlation(zs[1], zs[0])).abs().sum(1) > 0).float().mean()
+        assert share == 1.0 if margin == 0 else share == 0.0
+        flow = align.peak(align.correlation(align.descriptor(moving[:, 1]), align.descriptor(moving[:, 0])))
+        assert (flow[:, 1, 2:-2, 2:-2] - SHIFT / 4).abs().median() < 0.1

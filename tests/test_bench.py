@@ -100,7 +100,9 @@ def test_quality_bench_quick(tmp_path):
     from batman.bench.quality import bench_quality
     result = bench_quality(tmp_path, quick=True)
     assert set(result["splits"]) == {"test", "dynamic"}
-    assert {"clstm", "conv3d", "unet", "lite", "traditional", "temporal mean"} <= set(result["splits"]["test"]["mean"])
+    assert {"clstm", "clstm_align_flow", "unet", "lite", "traditional", "temporal mean"} <= set(
+        result["splits"]["test"]["mean"])
+    assert set(result["long"]["drift"]) == {"test", "dynamic"} and "Issue 14 (motion" in result["report"]
     assert (tmp_path / "quality.png").stat().st_size > 0 and (tmp_path / "quality.md").is_file()
 
 
@@ -122,7 +124,33 @@ def test_quality_verdicts_report_margins_and_misses():
     assert len(lines) == 6  # no lite row without a lite model
     static["lite"] = scores(29.4, 0.1)
     lines = quality_verdicts({"test": {"mean": static}, "dynamic": {"mean": dynamic}})
-    assert lines[6] == "- static: lite PSNR - clstm: -1.60 dB (target >= -1.5: MISSED)"
+    assert lines[6] == "- static: lite PSNR - clstm (issue 15): -1.60 dB (target >= -1.5: MISSED)"
+
+
+def test_motion_verdicts_judge_the_default_and_the_candidate():
+    from batman.bench.quality import CANDIDATE, motion_verdicts
+
+    def scores(psnr, mabd=0.1, moving=float("nan"), drift=float("nan")):
+        return {"psnr": psnr, "mabd_error_e3": mabd, "psnr_moving": moving, "drift_db": drift}
+
+    static = {"clstm": scores(31.2, 0.12), CANDIDATE: scores(31.0, 0.10), "unet": scores(24.0)}
+    dynamic = {"clstm": scores(28.5, moving=25.0), CANDIDATE: scores(30.0, moving=27.0), "unet": scores(26.0, moving=25.6)}
+    long = {"drift": {"test": {"clstm": scores(32.0, drift=0.1), CANDIDATE: scores(32.0, drift=0.4)},
+                      "dynamic": {"clstm": scores(28.0, drift=0.0), CANDIDATE: scores(29.0, drift=-0.2)}},
+            "bm4d": {"clstm": scores(27.0), CANDIDATE: scores(29.0), "BM4D": scores(27.5)}}
+    lines = motion_verdicts({"test": {"mean": static}, "dynamic": {"mean": dynamic}}, long)
+    assert lines[0].startswith("Issue 14") and len(lines) == 1 + 4 + 7
+    assert lines[1].endswith("-0.60 dB (target >= 1.5: MISSED)")    # default, moving regions vs the U-Net
+    assert lines[2].endswith("-0.50 dB (target >= 1: MISSED)")      # default vs BM4D
+    candidate = lines[5:]
+    assert candidate[0].endswith("+1.40 dB (target >= 1.5: MISSED)")  # moving regions vs the U-Net
+    assert candidate[1].endswith("+1.50 dB (target >= 2: MISSED)")    # moving whole frame vs the default
+    assert candidate[2].endswith("-0.20 dB (target >= -0.3: met)")    # static vs the default
+    assert candidate[3].endswith("+0.02 x1e-3 (target >= 0: met)")    # MABD error no worse
+    assert candidate[4].endswith("+1.50 dB (target >= 1: met)")       # vs BM4D
+    assert candidate[5].endswith("+0.40 dB (target >= 0: met)") and candidate[6].endswith("(target >= 0: MISSED)")
+    long["bm4d"] = None  # no bm4d package: no BM4D lines
+    assert len(motion_verdicts({"test": {"mean": static}, "dynamic": {"mean": dynamic}}, long)) == 1 + 3 + 6
 
 
 @pytest.mark.slow

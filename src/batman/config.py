@@ -69,6 +69,8 @@ class ModelCfg:
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)
     align: str = "none"       # none | flow: warp the recurrent states by the flow from the previous frame's
                               # features before each update (model/align.py), so the filter follows motion
+    align_margin: float = 0.0 # flow: no motion where the best match beats no motion by less than this
+                              # (normalised correlation; 0: off): noise makes static scenes jitter otherwise
     size: str = "default"     # default (ResNet-18 encoder) | lite (real-time: model/lite.py); setting it also
                               # sets the widths in SIZES, except those given in the same overrides
     pipeline: str = "learned" # recursive head's colour matrix and tone curve: learned | fixed (identity and the
@@ -312,6 +314,7 @@ CHECKS: dict[str, Check] = {
     "model.norm": _choice("batch", "group", "frozen"), "model.head": _choice("recursive", "skip", "shuffle"),
     "model.head_width": _int(1, 1024), "model.scale": _int(1, 2), "model.mean_input": _flag,
     "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow"),
+    "model.align_margin": _real(0, 2),
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
     "model.encoder_mean": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),

@@ -5,7 +5,8 @@
     batman bench export   peak RSS and frames/s of streaming export for 8, 32, 128 frames (vs model only)
     batman bench data     training clips/s from the prepared cache vs decoding the raws
     batman bench memory   training memory per preset (CUDA: measured; CPU: counted) vs its GPU budget
-    batman bench quality  a small study: train the three models and lite alike, evaluate against the baselines
+    batman bench quality  a small study: train the default, the align=flow candidate, the U-Net and lite alike,
+                          evaluate against the baselines (issue 14 motion rows: moving regions, BM4D, drift)
     batman bench all      all of the above, and OUT/bench.md with every table
 
 Every speed figure is the median of several repetitions, and every comparison is between things

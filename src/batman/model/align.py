@@ -9,6 +9,9 @@ follows motion; the learned part only refines it:
     corr_d(p) = box_3x3(<z_t, z_{t-1}(. + d)>)(p)        normalised cross-correlation, d in [-R, R]^2
     d*(p)     = argmax_d corr_d(p), refined per axis by the parabola through its neighbours:
                 delta = (c_- - c_+) / (2 (c_- - 2 c_0 + c_+)) in [-1/2, 1/2]   (exact for a symmetric peak)
+                and 0 (no motion) where corr_{d*}(p) - corr_0(p) < margin (0: off): in flat or noisy
+                regions the normalised patches are mostly noise, their argmax is random, and a
+                random warp of a static scene jitters and blurs the state
     flow(p)   = d*(p) + delta(p) + refine([corr, f_t])          (B, 2, h, w): (dy, dx)
     S'(p)     = S(p + flow(p))        every (B, *, h, w) state tensor (ConvLSTM h and c), bilinear
     S'(P)     = S(P + 4 flow~(P))     every (B, *, 4h, 4w) one (the filter state m), flow~ = flow upsampled x4
@@ -30,9 +33,9 @@ RADIUS = 4
 
 
 class FlowAlign(nn.Module):
-    def __init__(self, channels: int, radius: int = RADIUS):
+    def __init__(self, channels: int, radius: int = RADIUS, margin: float = 0.0):
         super().__init__()
-        self.radius = radius
+        self.radius, self.margin = radius, margin
         side = 2 * radius + 1
         self.refine = nn.Conv2d(side * side + channels, 2, 3, padding=1)
         nn.init.zeros_(self.refine.weight)
@@ -71,7 +74,11 @@ class FlowAlign(nn.Module):
 
         centre = at(0, 0)
         offsets = [parabola(at(-1, 0), centre, at(1, 0)), parabola(at(0, -1), centre, at(0, 1))]
-        return torch.stack([iy - self.radius + offsets[0], ix - self.radius + offsets[1]], 1).float()
+        flow = torch.stack([iy - self.radius + offsets[0], ix - self.radius + offsets[1]], 1).float()
+        if self.margin > 0:
+            still = centre - corr[:, self.radius * side + self.radius] < self.margin
+            flow = flow.masked_fill(still.unsqueeze(1), 0.0)
+        return flow
 
     def forward(self, frame: torch.Tensor, feats: torch.Tensor, state):
         """frame (B, C, H, W) and its features (B, F, H/4, W/4); state: the previous descriptor or None ->

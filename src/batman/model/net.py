@@ -260,7 +260,7 @@ class VideoNet(nn.Module):
         self.head = HEADS[cfg.head](cfg, in_channels, packed)
         if cfg.align not in ("none", "flow"):
             raise BatmanError(f"unknown model.align {cfg.align!r}; choose none or flow")
-        self.align = FlowAlign(cfg.fusion) if cfg.align == "flow" else None
+        self.align = FlowAlign(cfg.fusion, margin=cfg.align_margin) if cfg.align == "flow" else None
 
     def forward(self, x: torch.Tensor, state: dict | None = None):
         b, t, _, h, w = x.shape
