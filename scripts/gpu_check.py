@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 from batman.bench.common import DRV_GRID, machine_info, sync, timed
-from batman.bench.infer import infer_case
+from batman.bench.infer import FULL_HD_GRID, infer_case
+from batman.bench.targets import TARGET_GPU_DEFAULT_FPS, TARGET_GPU_LITE_FPS
 from batman.bench.memory import GPU_BUDGET_GB, MEMORY_PRESETS, random_batch
 from batman.config import make_config
 from batman.files import atomic_write_text
 from batman.report import markdown_table
 
-SIZES = {"DRV": DRV_GRID, "1080p": (1080, 1920)}
+SIZES = {"DRV": DRV_GRID, "1080p": FULL_HD_GRID}
 INFER_LABELS = ("clstm", "lite", "unet")  # bench.infer.INFER_MODELS labels
 TRAIN_SIZES = {"default": {}, "lite": {"model.size": "lite"}}
 TINY = {"sizes": {"tiny": (64, 96)}, "train": {"data.crop": (64, 64), "data.frames": 2, "train.batch": 1},
@@ -136,6 +137,12 @@ def report(infer: list[dict], train: list[dict], info: dict, tiny: bool) -> str:
                          f"{by[size, 'lite', on] / by[size, 'clstm', on]:.2f}, clstm / unet = "
                          f"{by[size, 'clstm', on] / by[size, 'unet', on]:.2f}, lite / unet = "
                          f"{by[size, 'lite', on] / by[size, 'unet', on]:.2f}")
+    fps = {(r["size"], r["model"], r["compile"]): r["fps"] for r in infer}
+    for size, model, target in (("DRV", "clstm", TARGET_GPU_DEFAULT_FPS), ("1080p", "lite", TARGET_GPU_LITE_FPS)):
+        for on in sorted({r["compile"] for r in infer if r["size"] == size}):
+            value = fps[size, model, on]
+            lines.append(f"- target: {model} at {size}, compile {'on' if on else 'off'}: {value:.1f} frames/s "
+                         f"(target >= {target:g}: {'met' if value >= target else 'MISSED'})")
     lines += ["", "## training: train_step as train.py, random data at the preset's crop", ""]
     lines.append(markdown_table(
         ["preset", "size", "crop", "T", "B", "ckpt", "compile", "AMP", "images/s", "peak (GB)", "budget (GB)"],

@@ -171,3 +171,30 @@ def test_gpu_check_tiny_runs_on_the_cpu(tmp_path):
         (s, c) for s in ("default", "lite") for c in (False, True)}
     assert all(r["images_per_s"] > 0 for r in result["training"])
     assert "lite / clstm" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_targets_report_judges_every_issue_15_target():
+    from batman.bench.common import DRV_GRID
+    from batman.bench.infer import HD_GRID
+    from batman.bench.targets import targets_report
+
+    def row(model, size, ms, frac):
+        return {"model": model, "size": list(size), "best_time_ms": ms, "peak_fraction": frac, "best_format": "channels_last"}
+
+    cpu = {"rows": [row("clstm", DRV_GRID, 900, 0.65), row("lite", HD_GRID, 250, 0.2)], "lite_gflop_720p": 12.3,
+           "ratios_to_unet": [{"model": "clstm", "size": list(DRV_GRID), "ratio": 0.55}]}
+    results = {"infer": {"machine": {"threads": 2}, "devices": {"cpu": cpu}},
+               "export": {"lengths": [8, 128], "fps_ratio": 0.83, "rss_ratio": 1.07},
+               "memory": {"device": "cpu", "quick": False, "presets": {
+                   "titan": {"budget_gb": 21.0, "total_bytes": 20e9}, "1080": {"budget_gb": 6.0, "total_bytes": 7e9}}}}
+    lines = targets_report(results).splitlines()
+    expected = ["clstm time / unet time at 918x1374 (CPU): 0.55 (target <= 0.4: MISSED)",
+                "60%: met", "lite GFLOP per 1280x720 frame: 12.3 (target <= 15: met)", "50%: MISSED",
+                "lite frames/s at 1280x720 (CPU, 2 threads, channels_last): 4.00",
+                "at 918x1374: not measured: no CUDA device", "lite bf16 frames/s at 1080x1920: not measured: no CUDA",
+                "T=128: 0.83 (target >= 0.8: met)", "T=128 / T=8: 1.070 (target <= 1.05: MISSED)",
+                "preset titan (counted on the CPU, float32): 20.00 GB (target <= 21 GB: met)",
+                "preset 1080 (counted on the CPU, float32): 7.00 GB (target <= 6 GB: MISSED)"]
+    for fragment in expected:
+        assert sum(fragment in line for line in lines) == 1, fragment
+    assert "not measured (bench export not run)" in targets_report({})

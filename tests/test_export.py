@@ -61,6 +61,37 @@ def test_export_writes_mp4_and_pngs_that_decode(syn, tmp_path):
     assert out / "video" / f"{test_id}.mp4" in paths
 
 
+def test_worker_processes_write_what_the_serial_path_writes(syn, tmp_path):
+    """Decoding in processes (raw files, then the prepared cache) and PNG encoding in another process
+    change where the work runs, not a byte of the frames or a pixel of the videos."""
+    import imageio.v3 as iio
+
+    from batman.data.cache import prepare
+    model = save_untrained(tmp_path / "m.pt")
+    root = tmp_path / "syn"
+    shutil.copytree(syn, root)
+    runs = {"serial": (0, False), "processes": (2, False), "cached": (1, True)}
+    for name, (workers, cached) in runs.items():
+        if cached:
+            prepare(root, workers=1)
+        export(root=root, model=model, out=tmp_path / name, split="test", side_by_side=True, device="cpu",
+               workers=workers)
+    def files(name):
+        return {p.relative_to(tmp_path / name): p for p in (tmp_path / name).rglob("*") if p.is_file()}
+
+    serial = files("serial")
+    assert len(serial) == 6 + 2  # the test video: six PNGs, the mp4 and the side by side
+    for name in ("processes", "cached"):
+        other = files(name)
+        assert sorted(other) == sorted(serial)
+        for rel, path in serial.items():
+            if rel.suffix == ".png":
+                assert path.read_bytes() == other[rel].read_bytes(), (name, rel)
+            else:
+                ours, theirs = list(iio.imiter(path)), list(iio.imiter(other[rel]))
+                assert len(ours) == len(theirs) == 6 and all(map(np.array_equal, ours, theirs)), (name, rel)
+
+
 def test_input_folder_of_raw_copies(tmp_path):
     import imageio.v3 as iio
     src = fixture_path("kodak_dc50_grbg.kdc")

@@ -278,6 +278,51 @@ def test_channels_last_gives_the_same_output(name):
     assert (out - ref).abs().max() < 1e-4
 
 
+def concatenating_fusion(mff, feats):
+    """MFF as its docstring states it: upsample every stage, concatenate, 1x1 conv (the formulation before
+    the split weights)."""
+    size = feats[0].shape[-2:]
+    ups = [conv(f) for conv, f in zip(mff.stages, feats)]
+    ups = [ups[0]] + [F.interpolate(u, size=size, mode="bilinear", align_corners=False) for u in ups[1:]]
+    return mff.fuse(torch.cat(ups, 1))
+
+
+def concatenating_head_frame(head, up, x, m, first_weight):
+    """RecursiveHead.frame with its convolutions on concatenated inputs (the formulation before the split)."""
+    hidden = head.body(torch.cat([up, x, m], 1))
+    k = first_weight + (1.0 - first_weight) * torch.sigmoid(head.gate(hidden).float())
+    m = m + k * (x - m)
+    base = head.pipeline(m)
+    return base + head.residual(torch.cat([hidden, base], 1)), m
+
+
+@pytest.mark.parametrize("size", ["default", "lite"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_split_weight_convolutions_equal_the_concatenating_formulation(size, memory_format):
+    """MFF and the recursive head convolve parts and sum instead of concatenating (faster, no wide tensor
+    written): on random weights (gate and residual not at their zero init) the outputs match the
+    concatenating formulation over a few streamed frames, and the state dict keys are the same."""
+    from types import MethodType
+
+    from batman.model.fusion import MFF
+    cfg = make_config("", {"model.size": size, "model.encoder_weights": ""})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 4).eval().to(memory_format=memory_format)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = clip(t=3, h=70, w=94).contiguous()
+    frames = torch.stack([x[:, t].contiguous(memory_format=memory_format) for t in range(3)], 1)
+    with torch.no_grad():
+        ours, _ = run_steps(model, frames)
+        model.fusion.forward = MethodType(concatenating_fusion, model.fusion)
+        model.head.frame = MethodType(concatenating_head_frame, model.head)
+        theirs, _ = run_steps(model, frames)
+    assert theirs.abs().max() > 0.1 and (ours - theirs).abs().max() < 1e-5
+    assert isinstance(model.fusion, MFF) and "fusion.fuse.0.weight" in model.state_dict()
+    assert {"head.body.0.weight", "head.residual.0.weight"} <= set(model.state_dict())
+
+
 # --- encoder weights and checkpointing ------------------------------------------------------
 
 @pytest.mark.parametrize("norm", ["group", "frozen"])

@@ -118,7 +118,7 @@ def cmd_export(args) -> int:
     from batman.export import export
     export(root=args.root, input_folder=args.input, model=args.model, out=args.out, split=args.split,
            videos=args.videos, tile=args.tile, overlap=args.overlap, side_by_side=args.side_by_side,
-           fps=args.fps, frames=args.frames, device=args.device, gain=args.gain)
+           fps=args.fps, frames=args.frames, device=args.device, gain=args.gain, workers=args.workers)
     return 0
 
 
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fps", type=float, default=20.0, help="frame rate of the mp4")
     sp.add_argument("--gain", type=float, default=None,
                     help="with --input: amplify every frame by G (default: chosen from the burst's brightness)")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="processes decoding frames, beside one encoding PNGs (0: threads of this process; default 2)")
     add_device_arg(sp)
 
     sp = add("release", cmd_release, "write a checkpoint's weights as float16 safetensors + config + sha256")

@@ -347,7 +347,7 @@ def validate(cfg: Config) -> Config:
 OPTION_CHECKS: dict[tuple[str, str], Check] = {
     ("export", "fps"): _real(0, 1000, above_lo=True), ("export", "frames"): _int(0, 10**7),
     ("export", "tile"): _tile,
-    ("export", "overlap"): _int(0, 4096),
+    ("export", "overlap"): _int(0, 4096), ("export", "workers"): _int(0, 64),
     ("evaluate", "frames"): _int(0, 10**7), ("prepare", "workers"): _int(0, 256),
 }
 

@@ -1,17 +1,24 @@
 """Streaming export: frames are read, enhanced and written one at a time, the recurrent state carried.
 
-Memory does not grow with the video's length: a reader thread decodes the next frames while the
-model runs, a writer thread encodes PNG and H.264 behind it, and only a couple of frames are ever in
-flight. Frames larger than `tile` are cut into overlapping tiles by the Enhancer (batman.infer).
+Memory does not grow with the video's length: only a few frames are ever in flight. The model's
+process only runs the model: raw frames are decoded (or read from the prepared cache) in worker
+processes, PNG frames are encoded in another, and H.264 is encoded by an ffmpeg process fed through a
+pipe, so none of them competes with the model's torch threads for the interpreter. With `workers=0`
+everything but ffmpeg runs in this process (a reader and a writer thread), with identical output.
+Frames larger than `tile` are cut into overlapping tiles by the Enhancer (batman.infer).
 """
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import signal
 import subprocess
 import tempfile
 import threading
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack
+from itertools import islice
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -20,11 +27,12 @@ import numpy as np
 from tqdm import tqdm
 
 from batman.baselines import baseline_isp
-from batman.config import BatmanError, Config, check_options
+from batman.config import BatmanError, Config, DataCfg, check_options
 from batman.files import atomic_dir, atomic_path
 from batman.infer import Enhancer, auto_gain
 
 _DONE = object()
+EXPORT_WORKERS = 2    # decoding processes of `export` (plus one PNG encoder); 0: threads in this process
 
 
 # --- threads that overlap decoding and encoding with inference ---------------------------------
@@ -84,6 +92,82 @@ class BackgroundWriter:
         self.stop()
         if self.error:
             raise self.error
+
+
+# --- worker processes: decoding and PNG encoding away from the model's threads ----------------
+
+def _pool(workers: int, initializer=None, initargs=()) -> ProcessPoolExecutor:
+    """Fork where the OS has it (as DataLoader does: no re-import, instant start; the children run no
+    torch), else spawn."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, multiprocessing.get_context(method), initializer, initargs)
+
+
+_reader = None  # the decoding worker's FrameReader and video (set once per process by _start_decoder)
+
+
+def _start_decoder(cfg: DataCfg, cache, video) -> None:
+    global _reader
+    from batman.data.dataset import FrameReader
+    _reader = (FrameReader(cfg, cache), video)
+
+
+def _decode_frame(i: int) -> np.ndarray:
+    reader, video = _reader
+    return reader.frame(video, i)
+
+
+def decoded_frames(video, cfg: DataCfg, cache, n: int, workers: int):
+    """The first n input frames (C, H, W) of `video` in order, decoded (or read from the cache) in `workers`
+    processes at most 2 * workers frames ahead; workers=0: in a thread of this process, 2 ahead."""
+    from batman.data.dataset import iter_frames
+
+    if workers <= 0:
+        yield from prefetch(islice(iter_frames(video, cfg, cache), n))
+        return
+    pool = _pool(workers, _start_decoder, (cfg, cache, video))
+    pending: deque[Future] = deque()
+    try:
+        for i in range(n):
+            pending.append(pool.submit(_decode_frame, i))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class PngWriter:
+    """Writes PNG frames in order, encoded in one separate process (`separate`) or on the calling thread;
+    at most `depth` frames in flight. `close` waits and re-raises the first error, `stop` only waits."""
+
+    def __init__(self, separate: bool, depth: int = 4):
+        self.pool = _pool(1) if separate else None
+        if self.pool is not None:
+            self.pool.submit(int).result()  # start the process now, from the calling thread
+        self.pending: deque[Future] = deque()
+        self.depth = depth
+
+    def write(self, path: Path, image_u8: np.ndarray) -> None:
+        if self.pool is None:
+            write_png(path, image_u8)
+            return
+        self.pending.append(self.pool.submit(write_png, path, image_u8))
+        if len(self.pending) > self.depth:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -211,12 +295,15 @@ def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=No
 
 def export(root=None, input_folder=None, model=None, out="result", split: str = "test", videos=None,
            tile: int = 0, overlap: int = 32, side_by_side: bool = False, fps: float = 20.0, frames: int = 0,
-           device: str | None = None, gain: float | None = None) -> list[Path]:
-    """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths."""
+           device: str | None = None, gain: float | None = None, workers: int | None = None) -> list[Path]:
+    """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths.
+    `workers`: decoding processes (and one PNG encoding process; None: EXPORT_WORKERS); 0 decodes and encodes
+    in threads here."""
     from batman.ckpt import load_model, resolve_device
     from batman.data.cache import open_cache
 
-    check_options("export", fps=fps, frames=frames, tile=tile, overlap=overlap)
+    workers = EXPORT_WORKERS if workers is None else workers
+    check_options("export", fps=fps, frames=frames, tile=tile, overlap=overlap, workers=workers)
     device = resolve_device(device)
     net, cfg = load_model(model, device)  # model None: the default model, printed
     out = Path(out)
@@ -224,15 +311,16 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
     cache = open_cache(root, cfg.data.cache or None) if root else None
     for video in resolve_videos(cfg, root, input_folder, split, videos, cache, gain):
         written += export_video(net, cfg, video, out, tile=tile, overlap=overlap, side_by_side=side_by_side,
-                                fps=fps, frames=frames, device=device, cache=cache)
+                                fps=fps, frames=frames, device=device, cache=cache, workers=workers)
     tqdm.write(f"wrote {len(written)} videos into {out / 'video'} and PNG frames into {out / 'frames'}")
     return written
 
 
 def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int = 32,
                  side_by_side: bool = False, fps: float = 20.0, frames: int = 0, device="cpu",
-                 cache=None) -> list[Path]:
-    """One video, streamed: decode -> enhance -> PNG + mp4 (+ side by side), constant memory.
+                 cache=None, workers: int = EXPORT_WORKERS) -> list[Path]:
+    """One video, streamed: decode -> enhance -> PNG + mp4 (+ side by side), constant memory; `workers`
+    decoding processes and one PNG encoding process (0: threads of this process, the same output).
 
     Everything goes into temporary siblings first and is moved into place only once the whole video
     is written: a frame that fails to decode, a full disk or a kill leaves the earlier export of this
@@ -249,35 +337,41 @@ def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int
     with ExitStack() as outputs:  # left in reverse: frames, side by side, main mp4
         sinks = [VideoSink(outputs.enter_context(atomic_path(path, suffix=".mp4")), fps, path) for path in finals]
         frame_dir = outputs.enter_context(atomic_dir(out / "frames" / video.id))
-        _stream_video(enhancer, cfg, video, n, frame_dir, sinks, cache)
+        _stream_video(enhancer, cfg, video, n, frame_dir, sinks, cache, workers)
     return finals
 
 
 def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Path, sinks: list[VideoSink],
-                  cache) -> None:
-    """Decode, enhance and write n frames; on any error ffmpeg is stopped and the error raised."""
-    from batman.data.dataset import iter_frames, load_targets
+                  cache, workers: int) -> None:
+    """Decode, enhance and write n frames; on any error ffmpeg and the workers are stopped and the error
+    raised."""
+    from batman.data.dataset import load_targets
 
     main, side = sinks[0], (sinks[1] if len(sinks) > 1 else None)
     isp = baseline_isp(video, cfg) if side else None
     targets = load_targets(video, n) if side and video.targets else iter(())
+    pngs = PngWriter(separate=workers > 0)  # its process forks here, before the writer thread exists
     writer = BackgroundWriter()
+    inputs = decoded_frames(video, cfg.data, cache, n, workers)
     try:
-        inputs = prefetch(zip(range(n), iter_frames(video, cfg.data, cache)))
-        for i, frame in tqdm(inputs, total=n, desc=f"export {video.id}", unit="frame", leave=False):
+        for i, frame in tqdm(enumerate(inputs), total=n, desc=f"export {video.id}", unit="frame", leave=False):
             y = to_uint8(enhancer(frame))
-            writer.submit(lambda y=y, i=i: (write_png(frame_dir / f"{i + 1:04d}.png", y), main.write(y)))
+            writer.submit(lambda y=y, i=i: (pngs.write(frame_dir / f"{i + 1:04d}.png", y), main.write(y)))
             if side:
                 panels = [to_uint8(isp.process(frame, cfg.model.scale)), y]
                 target = next(targets, None)
                 if target is not None:
                     panels.append(to_uint8(target))
                 writer.submit(lambda p=panels: side.write(np.concatenate(p, axis=1)))
+        writer.submit(pngs.close)
         for sink in sinks:
             writer.submit(sink.close)
         writer.close()
     except BaseException:
         writer.stop()
+        pngs.stop()
         for sink in sinks:
             sink.abort()
         raise
+    finally:
+        inputs.close()  # stops the decoding workers

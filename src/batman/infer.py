@@ -51,13 +51,19 @@ def ramp_weights(size: int, overlap: int, at_start: bool, at_end: bool) -> np.nd
 
 
 class Enhancer:
-    """Wraps a model for frame-by-frame inference: (C, H, W) float32 -> (sH, sW, 3) float32 in [0, 1]."""
+    """Wraps a model for frame-by-frame inference: (C, H, W) float32 -> (sH, sW, 3) float32 in [0, 1].
+
+    The model and its input run channels_last (the model is converted in place): the convolutions' fastest
+    layout, measured faster than the contiguous one for every model on the CPU (`bench infer`), and the
+    same output up to float rounding (tests/test_model.py)."""
 
     def __init__(self, model: torch.nn.Module, scale: int, device: torch.device | str = "cpu",
                  tile: int = 0, overlap: int = 32):
         if tile and tile <= 2 * overlap:
             raise BatmanError(f"--tile {tile} must be larger than twice --overlap {overlap}")
         self.model, self.scale, self.device = model.eval(), scale, torch.device(device)
+        if isinstance(model, torch.nn.Module):
+            self.model.to(memory_format=torch.channels_last)
         self.tile, self.overlap = tile, overlap
         self.states: dict = {}
 
@@ -68,6 +74,7 @@ class Enhancer:
     @torch.inference_mode()
     def _run(self, key, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).to(self.device)
+        t = t.contiguous(memory_format=torch.channels_last)
         y, self.states[key] = self.model.step(t, self.states.get(key))
         return y[0].float().cpu().numpy()  # (3, sh, sw)
 

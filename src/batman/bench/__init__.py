@@ -7,7 +7,8 @@
     batman bench memory   training memory per preset (CUDA: measured; CPU: counted) vs its GPU budget
     batman bench quality  a small study: train the default, the align=flow candidate, the U-Net and lite alike,
                           evaluate against the baselines (issue 14 motion rows: moving regions, BM4D, drift)
-    batman bench all      all of the above, and OUT/bench.md with every table
+    batman bench all      all of the above, then every target of issue 15 with met / MISSED (targets.py), and
+                          OUT/bench.md with every table
 
 Every speed figure is the median of several repetitions, and every comparison is between things
 timed in the same process (repetitions interleaved, so a change in the machine's load hits both
@@ -28,6 +29,7 @@ from batman.bench.export import bench_export
 from batman.bench.infer import bench_infer
 from batman.bench.memory import bench_memory
 from batman.bench.quality import bench_quality
+from batman.bench.targets import targets_report
 from batman.config import PRESETS, BatmanError
 from batman.files import atomic_write_text
 
@@ -81,6 +83,9 @@ def run_bench(what: str, out: str | Path = "result/bench", preset: str = "", qui
                 + ", ".join(f"{k} {v:.0f} s" for k, v in cpu.items()) + ").", ""]
         for part in parts:
             text += [f"## {part}", "", results[part]["report"], ""]
+        targets = targets_report(results)
+        text += ["## targets", "", targets, ""]
+        print(targets + "\n")
         atomic_write_text(out / "bench.md", "\n".join(text))
         print(f"bench all: {total / 60:.1f} min wall, {(cpu_seconds() - cpu_start) / 60:.1f} min of CPU time; "
               f"tables in {out / 'bench.md'}")

@@ -32,7 +32,8 @@ BOTH_FORMATS = ("clstm", "conv3d", "unet", "lite")  # the others run channels_la
 ONNX_MODELS = ("clstm", "lite")       # also run through onnxruntime (CPU): rows "<label> onnxruntime"
 PROFILE_MODELS = ("clstm", "lite")    # per-module ms and GFLOP at DRV's grid
 HD_GRID = (720, 1280)                 # 1280x720: the lite target is per such output frame (scale 1)
-HD_MODELS = ("clstm", "unet", "lite")  # the models also timed at 720p
+HD_MODELS = ("clstm", "unet", "lite")  # the models also timed at 720p (and at 1080p on CUDA)
+FULL_HD_GRID = (1080, 1920)           # 1920x1080: the GPU target of the lite model
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 ORT = "onnxruntime"
 
@@ -101,7 +102,7 @@ def infer_case(label: str, fmt: str, size: tuple[int, int], device: torch.device
 
 def infer_cases(size: tuple[int, int], quick: bool, ort: bool) -> list[tuple[str, str]]:
     """(row label, format) of every case timed at `size`."""
-    labels = list(BOTH_FORMATS) if quick else list(HD_MODELS) if size == HD_GRID else list(INFER_MODELS)
+    labels = list(BOTH_FORMATS) if quick else list(HD_MODELS) if size in (HD_GRID, FULL_HD_GRID) else list(INFER_MODELS)
     cases = [(label, fmt) for label in labels for fmt in (FORMATS if label in BOTH_FORMATS else ("channels_last",))]
     return cases + [(f"{label} {ORT}", ORT) for label in ONNX_MODELS if ort and label in labels]
 
@@ -127,7 +128,8 @@ def bench_infer(out: Path | None = None, quick: bool = False, devices: tuple[str
             torch.backends.cudnn.benchmark = True
         matmul = MatmulPeak(device)
         dev_rows = []
-        for size in sizes:
+        dev_sizes = sizes + [FULL_HD_GRID] if device.type == "cuda" and not quick else sizes
+        for size in dev_sizes:
             n_reps = reps or (3 if quick or (device.type == "cpu" and size[0] * size[1] > 5e5) else 5)
             if device.type == "cuda":
                 n_reps = reps or 20

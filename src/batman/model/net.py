@@ -26,7 +26,7 @@ from batman.model.align import FlowAlign, warp_state
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.encoder import Encoder
-from batman.model.fusion import MFF
+from batman.model.fusion import MFF, conv_of_concat
 from batman.model.lite import LiteEncoder
 from batman.model.unet import SIDUNet
 
@@ -207,12 +207,14 @@ class RecursiveHead(nn.Module):
         return torch.stack(outs, 1), (m, count)
 
     def frame(self, up, x, m, first_weight):
-        """One frame: (output, new filter state). `first_weight` = 1/t, the weight of a plain running mean."""
-        hidden = self.body(torch.cat([up, x, m], 1))
+        """One frame: (output, new filter state). `first_weight` = 1/t, the weight of a plain running mean.
+        The body's and the residual's first convs read [up, x, m] and [hidden, base] as conv_of_concat: no
+        full-resolution concatenation is written (the same result up to float rounding, tests/test_model.py)."""
+        hidden = self.body[1:](conv_of_concat(self.body[0], [up, x, m]))
         k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden).float())
         m = m + k * (x - m)  # float32 under autocast too: the filter integrates over a whole video
         base = self.pipeline(m)
-        return upsample(base, self.scale) + self.residual(torch.cat([hidden, base], 1)), m
+        return upsample(base, self.scale) + self.residual[1:](conv_of_concat(self.residual[0], [hidden, base])), m
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
