@@ -84,17 +84,18 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	    --frames 12 --size 768x768 --cameras train --seed 1
 	$(BATMAN) synth --out $(pretrain_dir)/heldout --images $(photos) --only $(HELDOUT) --videos 12 --dynamic 6 \
 	    --frames 16 --size 768x768 --cameras heldout --seed 7 --test-only
-	@echo "stage 1: $(minutes) min from scratch, learned pipeline, the encoder sees the frame only"
+	@echo "stage 1: $(minutes) min from scratch"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm --resume auto \
-	    --set train.max_minutes=$(minutes) model.encoder_mean=False model.pipeline=learned $(SET)
+	    --set train.max_minutes=$(minutes) $(SET)
 	$(BATMAN) release $(pretrain_dir)/clstm --out $(pretrain_dir)/stage1.safetensors
-	@echo "stage 2: widened to the pretrain preset (the encoder also sees the running mean; fixed sRGB pipeline)"
-	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_mean --resume auto \
-	    --init $(pretrain_dir)/stage1.safetensors --set train.epochs=45 train.schedule=cosine train.warmup_steps=50 $(SET)
-	$(BATMAN) release $(pretrain_dir)/clstm_mean --out $(pretrain_dir)/stage2.safetensors
-	@echo "stage 3: 12-frame clips, so that the filter learns to average longer than 6 frames"
+	@echo "stage 2: a cosine schedule from the stage 1 weights (fresh optimiser)"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_cosine --resume auto \
+	    --init $(pretrain_dir)/stage1.safetensors --set train.epochs=45 train.schedule=cosine train.warmup_steps=50 \
+	    train.max_minutes=50 $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_cosine --out $(pretrain_dir)/stage2.safetensors
+	@echo "stage 3: 12-frame clips, so that the model learns to use more than 6 frames"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_long --resume auto \
-	    --init $(pretrain_dir)/stage2.safetensors --set train.epochs=30 train.schedule=cosine train.warmup_steps=20 \
+	    --init $(pretrain_dir)/stage2.safetensors --set train.epochs=24 train.schedule=cosine train.warmup_steps=20 \
 	    train.lr=3e-4 data.frames=12 $(SET)
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet --resume auto \
 	    --set train.max_minutes=$(minutes) model.name=unet $(SET)

@@ -146,13 +146,11 @@ PRESETS: dict[str, dict] = {
              "model.checkpointing": True},
     "cpu": {"data.crop": (128, 128), "data.frames": 8, "train.batch": 2, "train.steps_per_epoch": 100,
             "train.val_clips": 8},
-    # The shipped weights' architecture and CPU-sized training (`make pretrain`, docs/MODEL_CARD.md): the
-    # truth of synthetic data is exactly the sRGB gamma (pipeline fixed); last.pt every 10 steps so a killed
-    # run loses little; the Makefile's stages set the length (time, then epochs) and the clip length.
+    # The shipped weights' CPU-sized training (`make pretrain`, docs/MODEL_CARD.md): last.pt every 10 steps
+    # so a killed run loses little; the Makefile's stages set the length (time, then epochs) and clip length.
     "pretrain": {"data.crop": (96, 96), "data.frames": 6, "train.batch": 2, "train.steps_per_epoch": 50,
                  "train.epochs": 1000, "train.val_clips": 8, "train.lr": 5e-4, "train.patience": 1000,
-                 "train.save_every": 10, "data.clips_per_video": 2, "model.encoder_mean": True,
-                 "model.pipeline": "fixed"},
+                 "train.save_every": 10, "data.clips_per_video": 2},
     # The demo trains its whole budget: 4 validation clips are too noisy to stop early on (patience 3
     # once ended the demo clstm after 7 of 12 epochs: 30.6 dB static, 25.0 moving; all 12: 31.6 and 26.9).
     "demo": {"data.crop": (64, 64), "data.frames": 6, "train.batch": 2, "train.steps_per_epoch": 40,
