@@ -293,7 +293,7 @@ def concatenating_head_frame(head, up, x, m, first_weight):
     k = first_weight + (1.0 - first_weight) * torch.sigmoid(head.gate(hidden).float())
     m = m + k * (x - m)
     base = head.pipeline(m)
-    return base + head.residual(torch.cat([hidden, base], 1)), m
+    return base + head.residual(torch.cat([hidden, base], 1)), m, base
 
 
 @pytest.mark.parametrize("size", ["default", "lite"])
@@ -389,3 +389,21 @@ def test_describe_models_lists_every_variant():
     for name in MODELS:
         assert name in text
     assert "(B,8,3,64,96)" in text and "* clstm" in text and "7.76 M" in text
+
+
+def test_with_base_returns_the_filter_state_through_the_pipeline_and_the_same_output():
+    torch.manual_seed(0)
+    model = build_model(tiny(head="recursive"), 4).eval()
+    nn.init.constant_(model.head.gate.bias, 0.0)  # a half-open gate: the base is not the plain mean
+    x = clip(t=3, h=40, w=56)
+    with torch.no_grad():
+        y, _ = model(x)
+        y2, state, base = model(x, with_base=True)
+    assert torch.equal(y, y2) and base.shape == y.shape
+    assert torch.allclose(base[:, -1], model.head.pipeline(state["head"][0])[..., :40, :56], atol=1e-6)
+
+
+def test_with_base_is_refused_by_heads_without_a_filter():
+    model = build_model(tiny(head="skip"), 4)
+    with pytest.raises(BatmanError, match="model.head=recursive"):
+        model(clip(t=2), with_base=True)

@@ -192,3 +192,31 @@ def test_torchrun_two_ranks_agree_and_write_once(syn, tmp_path):
     assert len(list(out.glob("epoch_*.pt"))) <= 2 and (out / "log.csv").read_text().count("\n") == 3
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("epoch_", "tensorboard"))) == \
         ["config.json", "last.pt", "log.csv", "loss.png"]
+
+
+def test_filter_loss_adds_the_filter_states_error_to_the_training_loss():
+    """train.filter_weight w: the loss is the output's L1 + w * L1(filter state through the pipeline, truth),
+    so the filter must average where the scene is still instead of leaving the residual all the noise."""
+    from batman.config import Config, apply_overrides
+    from batman.model.net import model_for
+    from batman.train import train_step
+    model_keys = {k: v for k, v in TINY.items() if k.startswith("model.")}
+    truth = torch.rand(1, 1, 3, 32, 32).expand(1, 4, 3, 32, 32)
+    batch = {"input": truth[:, :, [0, 1, 1, 2]] ** 2.2 + 0.1 * torch.randn(1, 4, 4, 32, 32), "target": truth}
+    losses = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        cfg = apply_overrides(Config(), {**model_keys, "train.filter_weight": w})
+        model = model_for(cfg)
+        torch.nn.init.constant_(model.head.gate.bias, 0.0)  # half open: the base is not the plain mean
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        losses[w] = train_step(model, batch, opt, None, cfg, torch.device("cpu"), None)
+    with torch.no_grad():
+        _, _, base = model(batch["input"], with_base=True)
+    expected = 2.0 * torch.nn.functional.l1_loss(base, truth).item()
+    assert expected > 0.01 and abs(losses[2.0] - losses[0.0] - expected) < 1e-4 * max(1.0, expected)
+
+
+def test_filter_loss_is_refused_for_models_without_a_filter(syn, tmp_path):
+    with pytest.raises(BatmanError, match="train.filter_weight needs"):
+        train(tiny_cfg(syn, **{"train.filter_weight": 1.0, "model.name": "unet"}), out=tmp_path)

@@ -91,6 +91,8 @@ class TrainCfg:
     val_clips: int = 0        # 0: every validation video once
     loss: str = "l1"          # l1 | l2
     temporal_weight: float = 0.0  # weight of the temporal consistency term
+    filter_weight: float = 0.0    # weight of the recursive head's filter state alone against the truth:
+                                  # the filter must average where the scene is still (its gate closed)
     bptt: int = 0             # truncate back-propagation every N frames (0: whole clip)
     patience: int = 3         # early stop after N epochs without validation improvement
     amp: str = "auto"         # auto (bf16 on CUDA when supported, else fp16) | bf16 | fp16 | off
@@ -317,7 +319,8 @@ CHECKS: dict[str, Check] = {
     "model.encoder_mean": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
-    "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6), "train.bptt": _int(0, 10_000),
+    "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6),
+    "train.filter_weight": _real(0, 1e6), "train.bptt": _int(0, 10_000),
     "train.patience": _int(1, 1_000_000), "train.amp": _choice("auto", "bf16", "fp16", "off"),
     "train.grad_clip": _real(0), "train.save_every": _int(0, 10**9), "train.keep": _int(1, 1000),
     "train.deterministic": _flag, "train.threads": _int(0, 1024), "train.max_minutes": _real(0, 1e7),

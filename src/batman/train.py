@@ -173,6 +173,13 @@ def temporal_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(out[:, 1:] - out[:, :-1], target[:, 1:] - target[:, :-1])
 
 
+def check_filter_loss(cfg: Config) -> None:
+    """train.filter_weight supervises the recursive head's filter state: refuse it for models without one."""
+    if cfg.train.filter_weight and (cfg.model.name == "unet" or cfg.model.head != "recursive"):
+        raise BatmanError(f"train.filter_weight needs the recursive head's filter: model.name={cfg.model.name}, "
+                          f"model.head={cfg.model.head} has none (set train.filter_weight=0)")
+
+
 def clip_loss(out, target, cfg: Config) -> torch.Tensor:
     loss = reconstruction_loss(out.float(), target, cfg.train.loss)
     if cfg.train.temporal_weight:
@@ -203,8 +210,13 @@ def train_step(model, batch, opt, scaler, cfg: Config, device, amp_dtype) -> flo
     for t0 in range(0, T, chunk):
         xs, ys = x[:, t0:t0 + chunk], y[:, t0:t0 + chunk]
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            out, state = model(xs, state)
+            if cfg.train.filter_weight:
+                out, state, base = model(xs, state, with_base=True)
+            else:
+                out, state = model(xs, state)
         loss = clip_loss(out, ys, cfg)
+        if cfg.train.filter_weight:
+            loss = loss + cfg.train.filter_weight * reconstruction_loss(base.float(), ys, cfg.train.loss)
         if not torch.isfinite(loss):
             return float(loss.item())
         opt.zero_grad(set_to_none=True)
@@ -470,6 +482,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
     Returns {'best': val loss, 'epochs': n, 'stopped': reason, 'history': [...], 'out': run folder}.
     init: fine-tune from that checkpoint's weights (fresh optimiser, epoch 0); a run being resumed
     continues from its own checkpoint instead."""
+    check_filter_loss(cfg)
     wanted = ckpts.resolve_device(device)
     d = setup_distributed(wanted)
     device = pick_device(d, wanted)

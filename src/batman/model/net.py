@@ -79,8 +79,9 @@ class ShuffleHead(nn.Module):
         self.conv = nn.Conv2d(cfg.hidden + extra, 3 * (4 * cfg.scale) ** 2, 3, padding=1)
         self.shuffle = nn.PixelShuffle(4 * cfg.scale)
 
-    def forward(self, feats, frames, state):
-        """feats (B, T, F, H/4, W/4), frames (B, T, C, H, W) -> (y (B, T, 3, sH, sW), state)."""
+    def forward(self, feats, frames, state, with_base: bool = False):
+        """feats (B, T, F, H/4, W/4), frames (B, T, C, H, W) -> (y (B, T, 3, sH, sW), state).
+        `with_base` is the recursive head's (no filter here: VideoNet refuses it before)."""
         x = feats.flatten(0, 1)
         if self.mean_input:
             mean, state = running_mean(frames, state)
@@ -104,7 +105,7 @@ class SkipHead(nn.Module):
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, 3, 3, padding=1))
 
-    def forward(self, feats, frames, state):
+    def forward(self, feats, frames, state, with_base: bool = False):
         parts = [self.up(feats.flatten(0, 1)), upsample(frames.flatten(0, 1), self.scale)]
         if self.mean_input:
             mean, state = running_mean(frames, state)
@@ -191,30 +192,36 @@ class RecursiveHead(nn.Module):
         rgb = self.camera_rgb(m)
         return self.curve(rgb if self.colour is None else torch.einsum("ij,bjhw->bihw", self.colour, rgb))
 
-    def forward(self, feats, frames, state):
+    def forward(self, feats, frames, state, with_base: bool = False):
+        """-> (y, state), or (y, state, base) with `with_base`: base (B, T, 3, sH, sW) is the filter state
+        alone through the pipeline, which train.filter_weight supervises."""
         b, t = feats.shape[:2]
         up = self.up(feats.flatten(0, 1)).unflatten(0, (b, t))
         m, count = state if state is not None else (frames[:, 0], 0)
-        outs = []
+        outs, bases = [], []
         for i in range(t):
             args = (up[:, i], frames[:, i], m, 1.0 / (count + 1))
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                y, m = checkpoint(self.frame, *args, use_reentrant=False)
+                y, m, base = checkpoint(self.frame, *args, use_reentrant=False)
             else:
-                y, m = self.frame(*args)
+                y, m, base = self.frame(*args)
             outs.append(y)
+            bases.append(base)
             count = count + 1  # not +=: a tensor count (deploy.py) must not change in place
-        return torch.stack(outs, 1), (m, count)
+        y, state = torch.stack(outs, 1), (m, count)
+        return (y, state, torch.stack(bases, 1)) if with_base else (y, state)
 
     def frame(self, up, x, m, first_weight):
-        """One frame: (output, new filter state). `first_weight` = 1/t, the weight of a plain running mean.
-        The body's and the residual's first convs read [up, x, m] and [hidden, base] as conv_of_concat: no
-        full-resolution concatenation is written (the same result up to float rounding, tests/test_model.py)."""
+        """One frame: (output, new filter state, base on the output grid). `first_weight` = 1/t, the weight
+        of a plain running mean. The body's and the residual's first convs read [up, x, m] and [hidden, base]
+        as conv_of_concat: no full-resolution concatenation is written (the same result up to float
+        rounding, tests/test_model.py)."""
         hidden = self.body[1:](conv_of_concat(self.body[0], [up, x, m]))
         k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden).float())
         m = m + k * (x - m)  # float32 under autocast too: the filter integrates over a whole video
         base = self.pipeline(m)
-        return upsample(base, self.scale) + self.residual[1:](conv_of_concat(self.residual[0], [hidden, base])), m
+        base_out = upsample(base, self.scale)
+        return base_out + self.residual[1:](conv_of_concat(self.residual[0], [hidden, base])), m, base_out
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
@@ -264,21 +271,28 @@ class VideoNet(nn.Module):
             raise BatmanError(f"unknown model.align {cfg.align!r}; choose none or flow")
         self.align = FlowAlign(cfg.fusion, margin=cfg.align_margin) if cfg.align == "flow" else None
 
-    def forward(self, x: torch.Tensor, state: dict | None = None):
+    def forward(self, x: torch.Tensor, state: dict | None = None, with_base: bool = False):
+        """-> (y, state), or (y, state, base) with `with_base` (the recursive head's filter state through
+        the pipeline, for train.filter_weight)."""
         b, t, _, h, w = x.shape
+        if with_base and not isinstance(self.head, RecursiveHead):
+            raise BatmanError("train.filter_weight supervises the recursive head's filter: it needs "
+                              "model.head=recursive")
         state = state or {}
         frames = pad_to_multiple(x.flatten(0, 1))
         seen, mean_state = self.encoder_input(frames.unflatten(0, (b, t)), state.get("mean"))
         feats = self.fusion(self.encoder(seen.flatten(0, 1)))
         if self.align is not None:
-            y, state = self.aligned(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state)
+            y, state, base = self.aligned(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state, with_base)
         else:
             feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
-            y, head_state = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"))
+            y, head_state, *base = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"), with_base)
             state = {"temporal": temporal_state, "head": head_state}
+            base = base[0] if base else None
         if mean_state is not None:
             state = {**state, "mean": mean_state}
-        return y[..., :h * self.scale, :w * self.scale], state
+        crop = (..., slice(0, h * self.scale), slice(0, w * self.scale))
+        return (y[crop], state, base[crop]) if with_base else (y[crop], state)
 
     def encoder_input(self, frames: torch.Tensor, mean_state):
         """(B, T, C, H, W) -> what the encoder sees (the frames, with cfg.encoder_mean their running mean
@@ -288,19 +302,21 @@ class VideoNet(nn.Module):
         mean, mean_state = running_mean(frames, mean_state)
         return torch.cat([frames, mean], 2), mean_state
 
-    def aligned(self, feats: torch.Tensor, frames: torch.Tensor, state: dict):
-        """Frame by frame: flow from the previous frame, warp the states onto the new frame, update."""
-        outs = []
+    def aligned(self, feats: torch.Tensor, frames: torch.Tensor, state: dict, with_base: bool = False):
+        """Frame by frame: flow from the previous frame, warp the states onto the new frame, update.
+        -> (y, state, base or None)."""
+        outs, bases = [], []
         for i in range(feats.shape[1]):
             flow, previous = self.align(frames[:, i], feats[:, i], state.get("align"))
             recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
             if flow is not None:
                 recurrent = warp_state(recurrent, flow, tuple(feats.shape[-2:]))
             f, temporal_state = self.temporal(feats[:, i:i + 1], recurrent["temporal"])
-            y, head_state = self.head(f, frames[:, i:i + 1], recurrent["head"])
+            y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base)
             state = {"temporal": temporal_state, "head": head_state, "align": previous}
             outs.append(y)
-        return torch.cat(outs, 1), state
+            bases += base
+        return torch.cat(outs, 1), state, torch.cat(bases, 1) if with_base else None
 
     def step(self, frame: torch.Tensor, state: dict | None = None):
         y, state = self(frame.unsqueeze(1), state)
