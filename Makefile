@@ -97,9 +97,14 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_long --resume auto \
 	    --init $(pretrain_dir)/stage2.safetensors --set train.epochs=24 train.schedule=cosine train.warmup_steps=20 \
 	    train.lr=3e-4 data.frames=12 $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_long --out $(pretrain_dir)/stage3.safetensors
+	@echo "stage 4: the filter state supervised too, so that the filter averages where the scene is still"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_filter --resume auto \
+	    --init $(pretrain_dir)/stage3.safetensors --set train.epochs=40 train.schedule=cosine train.warmup_steps=20 \
+	    train.lr=3e-4 data.frames=12 train.filter_weight=0.5 $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_filter --out trained_model/batman_default.safetensors
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet --resume auto \
 	    --set train.max_minutes=$(minutes) model.name=unet $(SET)
-	$(BATMAN) release $(pretrain_dir)/clstm_long --out trained_model/batman_default.safetensors
 	$(BATMAN) release $(pretrain_dir)/unet --out $(pretrain_dir)/unet.safetensors
 	for split in test dynamic; do \
 	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/eval_$$split \

@@ -220,3 +220,21 @@ def test_filter_loss_adds_the_filter_states_error_to_the_training_loss():
 def test_filter_loss_is_refused_for_models_without_a_filter(syn, tmp_path):
     with pytest.raises(BatmanError, match="train.filter_weight needs"):
         train(tiny_cfg(syn, **{"train.filter_weight": 1.0, "model.name": "unet"}), out=tmp_path)
+
+
+def test_train_dynamic_adds_the_moving_videos_with_their_per_frame_truths(tmp_path):
+    """data.train_dynamic: synth's moving videos (a truth per frame) join the training clips, never validation."""
+    from batman.data.synth import synthesize
+    from batman.train import Dist, build_data
+    synthesize(tmp_path, videos=5, frames=6, size=(128, 192), seed=3, dynamic=2)
+    sizes = {}
+    for flag in (False, True):
+        cfg = tiny_cfg(tmp_path, **{"data.train_dynamic": flag})
+        train_set, _, _, val_loader = build_data(cfg, Dist())
+        sizes[flag] = ({v.id for v in train_set.videos}, len(val_loader))
+    static_ids, val_clips = sizes[False]
+    assert not any(i.startswith("M") for i in static_ids)
+    assert sizes[True][0] == static_ids | {"M0000", "M0001"} and sizes[True][1] == val_clips
+    moving = next(v for v in build_data(tiny_cfg(tmp_path, **{"data.train_dynamic": True}), Dist())[0].videos
+                  if v.id == "M0000")
+    assert len(moving.targets) == 6  # one truth per frame

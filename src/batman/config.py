@@ -32,6 +32,9 @@ class DataCfg:
                               # on static videos only, and a recurrent model that never saw motion averages
                               # over it (ghosting)
     motion_speed: int = 4     # largest pan, input-grid pixels per frame (rows and columns drawn separately)
+    train_dynamic: bool = False  # also train on the dynamic split (synth's moving videos, a truth per frame:
+                                 # rotation, zoom, objects, occlusion, light changes that pans lack); never
+                                 # with a data set whose dynamic videos are held out for evaluation
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)
@@ -306,7 +309,8 @@ def _crop(v):
 CHECKS: dict[str, Check] = {
     "data.root": _text, "data.mode": _choice("raw", "rawrgb"), "data.bin": _int(1, 16), "data.crop": _crop,
     "data.frames": _int(1, 10_000), "data.clips_per_video": _int(1, 100_000), "data.augment": _flag,
-    "data.motion": _real(0, 1), "data.motion_speed": _int(0, 1024), "data.cache": _text,
+    "data.motion": _real(0, 1), "data.motion_speed": _int(0, 1024), "data.train_dynamic": _flag,
+    "data.cache": _text,
     "data.workers": _int(0, 256), "data.max_gain": _real(0, 1e6, above_lo=True), "data.noise_map": _flag,
     "data.white_balance": _flag, "data.colour": _choice("srgb", "camera"), "data.exposure_level": _real(0, 1e3),
     "model.name": _choice("clstm", "conv3d", "unet"), "model.hidden": _int(1, 4096), "model.layers": _int(1, 32),

@@ -129,6 +129,8 @@ def build_data(cfg: Config, d: Dist):
 
     def dataset(split: str, train: bool) -> ClipDataset:
         videos = load_split(root, split, cfg.data.mode, cache=cache)
+        if train and cfg.data.train_dynamic:
+            videos += load_split(root, "dynamic", cfg.data.mode, cache=cache)
         return ClipDataset(videos, cfg.data, scale=cfg.model.scale, train=train, seed=cfg.seed, cache=cache)
 
     train_set, val_set = dataset("train", True), dataset("val", False)
