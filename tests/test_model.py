@@ -391,9 +391,10 @@ def test_describe_models_lists_every_variant():
     assert "(B,8,3,64,96)" in text and "* clstm" in text and "7.76 M" in text
 
 
-def test_with_base_returns_the_filter_state_through_the_pipeline_and_the_same_output():
+@pytest.mark.parametrize("align", ["none", "flow"])
+def test_with_base_returns_the_filter_state_through_the_pipeline_and_the_same_output(align):
     torch.manual_seed(0)
-    model = build_model(tiny(head="recursive"), 4).eval()
+    model = build_model(tiny(head="recursive", align=align), 4).eval()
     nn.init.constant_(model.head.gate.bias, 0.0)  # a half-open gate: the base is not the plain mean
     x = clip(t=3, h=40, w=56)
     with torch.no_grad():
