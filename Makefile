@@ -107,7 +107,12 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_dyn --resume auto \
 	    --init $(pretrain_dir)/stage4.safetensors --set train.epochs=25 train.schedule=cosine train.warmup_steps=20 \
 	    train.lr=3e-4 data.frames=12 train.filter_weight=0.5 data.train_dynamic=True $(SET)
-	$(BATMAN) release $(pretrain_dir)/clstm_dyn --out trained_model/batman_default.safetensors
+	$(BATMAN) release $(pretrain_dir)/clstm_dyn --out $(pretrain_dir)/stage5.safetensors
+	@echo "stage 6: the filter loss at full weight, a lower learning rate"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_s6 --resume auto \
+	    --init $(pretrain_dir)/stage5.safetensors --set train.epochs=25 train.schedule=cosine train.warmup_steps=20 \
+	    train.lr=2e-4 data.frames=12 train.filter_weight=1.0 data.train_dynamic=True $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_s6 --out trained_model/batman_default.safetensors
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet --resume auto \
 	    --set train.max_minutes=$(minutes) model.name=unet $(SET)
 	$(BATMAN) release $(pretrain_dir)/unet --out $(pretrain_dir)/unet.safetensors
