@@ -227,14 +227,10 @@ def test_train_dynamic_adds_the_moving_videos_with_their_per_frame_truths(tmp_pa
     from batman.data.synth import synthesize
     from batman.train import Dist, build_data
     synthesize(tmp_path, videos=5, frames=6, size=(128, 192), seed=3, dynamic=2)
-    sizes = {}
-    for flag in (False, True):
-        cfg = tiny_cfg(tmp_path, **{"data.train_dynamic": flag})
-        train_set, _, _, val_loader = build_data(cfg, Dist())
-        sizes[flag] = ({v.id for v in train_set.videos}, len(val_loader))
-    static_ids, val_clips = sizes[False]
-    assert not any(i.startswith("M") for i in static_ids)
-    assert sizes[True][0] == static_ids | {"M0000", "M0001"} and sizes[True][1] == val_clips
-    moving = next(v for v in build_data(tiny_cfg(tmp_path, **{"data.train_dynamic": True}), Dist())[0].videos
-                  if v.id == "M0000")
+    built = {flag: build_data(tiny_cfg(tmp_path, **{"data.train_dynamic": flag}), Dist()) for flag in (False, True)}
+    ids = {flag: {v.id for v in train_set.videos} for flag, (train_set, *_) in built.items()}
+    val_clips = {flag: len(val_loader) for flag, (*_, val_loader) in built.items()}
+    assert not any(i.startswith("M") for i in ids[False])
+    assert ids[True] == ids[False] | {"M0000", "M0001"} and val_clips[True] == val_clips[False]
+    moving = next(v for v in built[True][0].videos if v.id == "M0000")
     assert len(moving.targets) == 6  # one truth per frame

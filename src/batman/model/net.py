@@ -206,7 +206,8 @@ class RecursiveHead(nn.Module):
             else:
                 y, m, base = self.frame(*args)
             outs.append(y)
-            bases.append(base)
+            if with_base:  # kept only when asked: each is an output-sized tensor held for the whole clip
+                bases.append(base)
             count = count + 1  # not +=: a tensor count (deploy.py) must not change in place
         y, state = torch.stack(outs, 1), (m, count)
         return (y, state, torch.stack(bases, 1)) if with_base else (y, state)
