@@ -178,8 +178,9 @@ def temporal_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def check_filter_loss(cfg: Config) -> None:
     """train.filter_weight supervises the recursive head's filter state: refuse it for models without one."""
     if cfg.train.filter_weight and (cfg.model.name == "unet" or cfg.model.head != "recursive"):
-        raise BatmanError(f"train.filter_weight needs the recursive head's filter: model.name={cfg.model.name}, "
-                          f"model.head={cfg.model.head} has none (set train.filter_weight=0)")
+        which = "model.name=unet" if cfg.model.name == "unet" else f"model.head={cfg.model.head}"
+        raise BatmanError(f"train.filter_weight needs the recursive head's filter: {which} has none "
+                          "(set train.filter_weight=0)")
 
 
 def clip_loss(out, target, cfg: Config) -> torch.Tensor:
