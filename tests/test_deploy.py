@@ -47,7 +47,8 @@ def video(h, w, t=16, seed=1):
 
 @pytest.mark.parametrize("overrides, frames", [({}, 16), ({"model.name": "unet"}, 2),
                                                ({"model.name": "conv3d", "model.scale": 2}, 5),
-                                               ({"model.encoder_mean": True, "model.pipeline": "fixed"}, 4)])
+                                               ({"model.encoder_mean": True, "model.pipeline": "fixed"}, 4),
+                                               ({"model.gate_evidence": True, "model.denoiser": 4}, 3)])
 def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     cfg = make_config("", overrides)
     model = perturbed_model(cfg)

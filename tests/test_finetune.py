@@ -56,16 +56,21 @@ def test_init_from_another_architecture_is_a_one_line_error(syn, tmp_path):
         train(make_config("demo", {**TINY, "data.root": str(syn)}), out=tmp_path / "run", init=tmp_path / "none.pt")
 
 
-def test_init_widens_weights_to_an_encoder_that_also_sees_the_running_mean(tmp_path):
-    """model.encoder_mean adds input channels: the old filters are kept, the new ones start at zero, so the
-    fine-tuned model starts out computing exactly what the saved one did."""
+@pytest.mark.parametrize("widen, adapted, tensor", [
+    ({"model.encoder_mean": True}, "model.encoder_mean", "widened with zeros: ['encoder.conv1.weight']"),
+    ({"model.gate_evidence": True, "model.denoiser": 4}, "model.gate_evidence, model.denoiser",
+     "left initial: ['head.denoiser.0.enter.weight'")])
+def test_init_widens_weights_to_a_related_model(tmp_path, widen, adapted, tensor):
+    """model.encoder_mean and model.gate_evidence add input channels: the old filters are kept, the new ones
+    start at zero; model.denoiser adds a network whose last conv starts at zero. So the fine-tuned model
+    starts out computing exactly what the saved one did."""
     from batman.train import load_init_weights
     save_weights(tmp_path / "pre.pt", seed=5)
-    old_cfg, cfg = make_config("demo", TINY), make_config("demo", {**TINY, "model.encoder_mean": True})
+    old_cfg, cfg = make_config("demo", TINY), make_config("demo", {**TINY, **widen})
     old, new = model_for(old_cfg), model_for(cfg)
     ckpt.load_state_strict(old, ckpt.load_checkpoint(tmp_path / "pre.pt")["model"], tmp_path / "pre.pt")
     line = load_init_weights(new, tmp_path / "pre.pt", cfg)
-    assert "adapted to model.encoder_mean" in line and "encoder.conv1.weight" in line
+    assert f"adapted to {adapted}:" in line and tensor in line
     x = torch.rand(1, 3, cfg.data.in_channels, 32, 32)
     with torch.no_grad():
         assert torch.allclose(old.eval()(x)[0], new.eval()(x)[0], atol=1e-6)

@@ -75,12 +75,17 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
                                  tiny(name="clstm", mean_input=True), tiny(name="conv3d"),
                                  tiny(name="conv3d", t_kernel=2, mean_input=True), tiny(name="unet"),
                                  tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2),
-                                 tiny(name="clstm", encoder_mean=True, pipeline="fixed")],
+                                 tiny(name="clstm", encoder_mean=True, pipeline="fixed"),
+                                 tiny(name="clstm", gate_evidence=True, denoiser=4, scale=2)],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
-                              "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed"])
+                              "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed",
+                              "clstm-evidence-denoiser-x2"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()
+    with torch.no_grad():  # the zero-initialised convs (gate, residual, denoiser) must shape the output too
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     x = clip(t=4)
     with torch.no_grad():
         whole, _ = model(x)
@@ -91,6 +96,26 @@ def test_clip_equals_frame_by_frame_steps(cfg):
     assert whole.shape == (1, 4, 3, 64 * cfg.scale, 64 * cfg.scale)
     assert (whole - stepped).abs().max() < 1e-5
     assert (whole - torch.cat([first, second], 1)).abs().max() < 1e-5
+
+
+def test_mismatch_evidence_sees_a_one_pixel_pan_that_the_noise_hides():
+    """The gate's evidence: a textured scene averaged over 16 noisy frames (the filter state) against a new
+    frame, still or shifted by one or two pixels. Per pixel the shift is buried in the noise (the mean |x - m|
+    grows by ~5% and ~18%); over 12x12 pixels it stands out (~35%, ~120%)."""
+    from batman.model.net import mismatch_evidence
+    g = torch.Generator().manual_seed(0)
+    scene = F.interpolate(torch.rand(1, 4, 24, 24, generator=g), scale_factor=4, mode="bicubic").clamp(0, 1) * 0.5
+    noisy = lambda s: s + 0.15 * torch.randn(s.shape, generator=g)
+    m = torch.stack([noisy(scene) for _ in range(16)]).mean(0)
+    frames = [noisy(torch.roll(scene, shift, -1)) for shift in (0, 1, 2)]
+    per_pixel = [(x - m).abs().mean().item() for x in frames]
+    departure = [(2 * mismatch_evidence(x, m)[:, 0, 8:-8, 8:-8] - 3.5).exp().mean().item() for x in frames]
+    assert per_pixel[1] < 1.1 * per_pixel[0] and departure[1] > 1.25 * departure[0]
+    assert per_pixel[2] < 1.25 * per_pixel[0] and departure[2] > 1.8 * departure[0]
+    assert mismatch_evidence(m, m).shape == (1, 3, 96, 96)
+    no_departure = (torch.log(torch.tensor(1e-3)) + 3.5) / 2
+    assert torch.allclose(mismatch_evidence(m, m)[:, 0], no_departure)
+    assert mismatch_evidence(m, m).abs().max() < 2.5  # well scaled for a zero-initialised conv
 
 
 def test_mean_input_changes_the_output_over_time():

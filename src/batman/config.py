@@ -80,6 +80,11 @@ class ModelCfg:
                               # sRGB gamma: exact when the input is linear sRGB and the truth its gamma, as synth's)
     encoder_mean: bool = False  # the encoder also sees the causal running mean of the inputs (its spatial
                               # denoising then starts from the temporally averaged frame, as mean + BM3D does)
+    gate_evidence: bool = False  # recursive head: its gate also sees how far the frame departs from the filter
+                              # state over 12x12 pixels, against the frame's own noise (net.mismatch_evidence):
+                              # its 5x5 convs alone cannot tell a slow pan from noise at these gains
+    denoiser: int = 0         # recursive head: width of a small U-Net that denoises the filtered image in space
+                              # (model/denoiser.py; 0: off): its residual alone sees a 5x5 window
 
 
 @dataclass(frozen=True)
@@ -320,7 +325,8 @@ CHECKS: dict[str, Check] = {
     "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow"),
     "model.align_margin": _real(0, 2),
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
-    "model.encoder_mean": _flag,
+    "model.encoder_mean": _flag, "model.gate_evidence": _flag,
+    "model.denoiser": _int(0, 256),
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6),

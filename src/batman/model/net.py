@@ -24,6 +24,7 @@ from batman.config import BatmanError, Config, ModelCfg
 from batman.isp import gamma_srgb
 from batman.model.align import FlowAlign, warp_state
 from batman.model.conv3d import CausalConv3d
+from batman.model.denoiser import BaseDenoiser
 from batman.model.convlstm import ConvLSTM
 from batman.model.encoder import Encoder
 from batman.model.fusion import MFF, conv_of_concat
@@ -146,14 +147,34 @@ class SRGBCurve(nn.Module):
         return torch.where(x <= toe, 12.92 * x, 1.055 * x.clamp_min(toe) ** (1 / 2.4) - 0.055)
 
 
+def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """How far frame x departs from filter state m, and what noise would explain: (B, C, H, W) colour channels
+    (H, W multiples of 4) -> (B, 3, H, W), constant-ish over 4x4 blocks, all logs (so that a linear conv can
+    weigh a ratio), centred and scaled to about [-2, 2] ((log(v + 1e-3) + 3.5) / 2): an input of constant
+    magnitude 7 would let Adam's first steps move the body like a bias at 20x the learning rate
+    (a first fine-tune with raw logs lost 0.4 dB of validation PSNR in 9 epochs):
+        log box_3x3(mean_c |avgpool_4(x - m)|)   the departure over 12x12 pixels: a slow pan shows here, where
+                                                  a 5x5 full-resolution window sees only noise
+        log avgpool_4(mean_c |x - box_3x3(x)|)    the frame's own roughness: its noise (and texture)
+        log avgpool_4(mean_c m)                   brightness: shot noise grows with it
+    """
+    x, m = x.float(), m.float()
+    departure = F.avg_pool2d(F.avg_pool2d(x - m, 4).abs().mean(1, keepdim=True), 3, 1, 1, count_include_pad=False)
+    smooth = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    roughness = F.avg_pool2d((x - smooth).abs().mean(1, keepdim=True), 4)
+    brightness = F.avg_pool2d(m.mean(1, keepdim=True), 4).clamp_min(0.0)
+    stats = (torch.log(torch.cat([departure, roughness, brightness], 1) + 1e-3) + 3.5) / 2
+    return F.interpolate(stats, scale_factor=4, mode="bilinear", align_corners=False)
+
+
 class RecursiveHead(nn.Module):
     """A motion-adaptive recursive filter of the raw input, a learned camera pipeline and a residual.
 
         m_t = m_{t-1} + k_t (x_t - m_{t-1}),  k_t = 1/t + (1 - 1/t) sigmoid(g_t)
-        y_t = curve(colour_matrix @ rgb(m_t)) + r_t
+        y_t = curve(colour_matrix @ rgb(m_t)) + r_t  (+ denoiser(features, that image) with cfg.denoiser)
 
     g_t (where to forget: motion) and r_t (what noise is left) come from full-resolution convs on the
-    upsampled features, x_t and m_{t-1}. At initialisation g is very negative and r is zero, so the
+    upsampled features, x_t and m_{t-1} (with cfg.gate_evidence also `mismatch_evidence(x_t, m_{t-1})`). At initialisation g is very negative and r is zero, so the
     network starts as the causal temporal mean through a plain pipeline (identity colour matrix, sRGB
     gamma) and training only has to learn the corrections, not the whole camera pipeline.
     With cfg.pipeline = "fixed" the matrix stays the identity and the curve the exact gamma: Adam moves
@@ -165,14 +186,18 @@ class RecursiveHead(nn.Module):
         super().__init__()
         scale, width = cfg.scale, cfg.head_width
         self.scale, self.packed, self.checkpointing = scale, packed, cfg.checkpointing
+        self.evidence = cfg.gate_evidence
         self.up = nn.Sequential(nn.Conv2d(cfg.hidden, width * 16, 1), nn.PixelShuffle(4), nn.LeakyReLU(0.2, inplace=True))
         self.body = nn.Sequential(
-            nn.Conv2d(width + 2 * in_ch, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width + 2 * in_ch + (3 if self.evidence else 0), width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
         self.gate = nn.Conv2d(width, 1, 3, padding=1)
         self.residual = nn.Sequential(nn.Conv2d(width + 3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
                                       nn.Conv2d(width, 3 * scale * scale, 3, padding=1),
                                       nn.PixelShuffle(scale) if scale > 1 else nn.Identity())
+        shuffle = nn.PixelShuffle(scale) if scale > 1 else nn.Identity()
+        self.denoiser = nn.Sequential(BaseDenoiser(width + 3, cfg.denoiser, 3 * scale * scale), shuffle) \
+            if cfg.denoiser else None
         for conv in (self.gate, self.residual[-2]):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -186,6 +211,10 @@ class RecursiveHead(nn.Module):
         if self.packed:
             return torch.stack([m[:, 0], 0.5 * (m[:, 1] + m[:, 2]), m[:, 3]], 1)
         return m[:, :3]
+
+    def colours(self, m: torch.Tensor) -> torch.Tensor:
+        """The colour channels of a packed or rawRGB frame (the noise map dropped)."""
+        return m[:, :4] if self.packed else m[:, :3]
 
     def pipeline(self, m: torch.Tensor) -> torch.Tensor:
         """Filtered raw (B, C, H, W) -> sRGB on the input grid."""
@@ -214,15 +243,19 @@ class RecursiveHead(nn.Module):
 
     def frame(self, up, x, m, first_weight):
         """One frame: (output, new filter state, base on the output grid). `first_weight` = 1/t, the weight
-        of a plain running mean. The body's and the residual's first convs read [up, x, m] and [hidden, base]
-        as conv_of_concat: no full-resolution concatenation is written (the same result up to float
+        of a plain running mean. The body's and the residual's first convs read [up, x, m(, evidence)] and
+        [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to float
         rounding, tests/test_model.py)."""
-        hidden = self.body[1:](conv_of_concat(self.body[0], [up, x, m]))
+        parts = [up, x, m] + ([mismatch_evidence(self.colours(x), self.colours(m))] if self.evidence else [])
+        hidden = self.body[1:](conv_of_concat(self.body[0], parts))
         k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden).float())
         m = m + k * (x - m)  # float32 under autocast too: the filter integrates over a whole video
         base = self.pipeline(m)
         base_out = upsample(base, self.scale)
-        return base_out + self.residual[1:](conv_of_concat(self.residual[0], [hidden, base])), m, base_out
+        y = base_out + self.residual[1:](conv_of_concat(self.residual[0], [hidden, base]))
+        if self.denoiser is not None:
+            y = y + self.denoiser([hidden, base])
+        return y, m, base_out
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
