@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -147,16 +148,21 @@ def test_recursive_head_starts_as_the_temporal_mean_through_a_camera_pipeline(na
     assert count == 5 and (filtered[..., :40, :56] - mean[:, -1]).abs().max() < 0.01  # state on the padded grid
 
 
-def test_fixed_pipeline_is_the_exact_srgb_gamma_and_learns_nothing():
-    from batman.isp import gamma_srgb
+def test_fixed_pipeline_is_the_traditional_pipelines_curve_and_learns_nothing():
+    """Synth's truths are tone_curve(gamma_srgb(linear)) (isp.traditional_pipeline): the fixed pipeline is
+    exactly that (it once was the gamma alone); the learned one starts at the gamma."""
+    from batman.isp import gamma_srgb, tone_curve, traditional_pipeline
     model = build_model(tiny(pipeline="fixed"), 4)
     head = model.head
     assert head.colour is None and not any(n.startswith("head.colour") or "curve" in n for n, _ in model.named_parameters())
+    packed = torch.rand(1, 4, 8, 8) ** 2
+    expected = traditional_pipeline(packed[0].double().numpy(), np.ones(3), np.eye(3)).transpose(2, 0, 1)
+    assert (head.pipeline(packed)[0] - torch.from_numpy(expected)).abs().max() < 1e-5
     x = torch.linspace(0, 1, 1001).view(1, 1, 1, -1).expand(1, 4, 1, -1)
-    rgb = head.pipeline(x)
-    assert (rgb - torch.from_numpy(gamma_srgb(x[:, :3].double().numpy())).float()).abs().max() < 1e-5
+    gamma = torch.from_numpy(gamma_srgb(x[:, :3].double().numpy())).float()
+    assert (head.pipeline(x) - torch.from_numpy(tone_curve(gamma.double().numpy())).float()).abs().max() < 1e-5
     learned = build_model(tiny(), 4).head
-    assert (learned.pipeline(x) - rgb).abs().max() < 0.01  # the learned one starts there (piecewise linear)
+    assert (learned.pipeline(x) - gamma).abs().max() < 0.01  # the learned one starts at the gamma (piecewise linear)
 
 
 def test_encoder_mean_feeds_the_encoder_the_running_mean():

@@ -76,8 +76,8 @@ class ModelCfg:
                               # (normalised correlation; 0: off): noise makes static scenes jitter otherwise
     size: str = "default"     # default (ResNet-18 encoder) | lite (real-time: model/lite.py); setting it also
                               # sets the widths in SIZES, except those given in the same overrides
-    pipeline: str = "learned" # recursive head's colour matrix and tone curve: learned | fixed (identity and the
-                              # sRGB gamma: exact when the input is linear sRGB and the truth its gamma, as synth's)
+    pipeline: str = "learned" # recursive head's colour matrix and tone curve: learned | fixed (identity, the
+                              # sRGB gamma and smoothstep of isp.traditional_pipeline: exact for synth's truths)
     encoder_mean: bool = False  # the encoder also sees the causal running mean of the inputs (its spatial
                               # denoising then starts from the temporally averaged frame, as mean + BM3D does)
     gate_evidence: bool = False  # recursive head: its gate also sees how far the frame departs from the filter

@@ -138,13 +138,16 @@ class ToneCurve(nn.Module):
         return ys[i] + (x - self.xs[i]) * slopes[i]
 
 
-class SRGBCurve(nn.Module):
-    """The exact sRGB gamma, float32 (model.pipeline=fixed: nothing to learn when the truth is its output)."""
+class TraditionalCurve(nn.Module):
+    """The sRGB gamma, then the smoothstep tone curve 3y^2 - 2y^3: exactly isp.traditional_pipeline's curves,
+    which render `batman synth`'s truths and the classical baselines. Float32 (model.pipeline=fixed: nothing to
+    learn when the truth is its output). It once was the gamma alone, which no truth of ours is rendered with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().clamp(0.0, 1.0)
         toe = 0.0031308  # the power's gradient is infinite at 0: evaluate it above the linear toe only
-        return torch.where(x <= toe, 12.92 * x, 1.055 * x.clamp_min(toe) ** (1 / 2.4) - 0.055)
+        y = torch.where(x <= toe, 12.92 * x, 1.055 * x.clamp_min(toe) ** (1 / 2.4) - 0.055).clamp(0.0, 1.0)
+        return y * y * (3.0 - 2.0 * y)
 
 
 def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -177,7 +180,8 @@ class RecursiveHead(nn.Module):
     upsampled features, x_t and m_{t-1} (with cfg.gate_evidence also `mismatch_evidence(x_t, m_{t-1})`). At initialisation g is very negative and r is zero, so the
     network starts as the causal temporal mean through a plain pipeline (identity colour matrix, sRGB
     gamma) and training only has to learn the corrections, not the whole camera pipeline.
-    With cfg.pipeline = "fixed" the matrix stays the identity and the curve the exact gamma: Adam moves
+    With cfg.pipeline = "fixed" the matrix stays the identity and the curve is the traditional pipeline's
+    (TraditionalCurve, exact for synth's linear-sRGB input and truths): Adam moves
     every parameter by about lr per step whatever its gradient, and the shipped weights' matrix had
     wandered to rows summing to 1.27 that the residual then had to undo.
     """
@@ -204,7 +208,7 @@ class RecursiveHead(nn.Module):
         nn.init.constant_(self.gate.bias, -6.0)
         fixed = cfg.pipeline == "fixed"
         self.colour = None if fixed else nn.Parameter(torch.eye(3))
-        self.curve = SRGBCurve() if fixed else ToneCurve()
+        self.curve = TraditionalCurve() if fixed else ToneCurve()
 
     def camera_rgb(self, m: torch.Tensor) -> torch.Tensor:
         """Packed R, G1, G2, B (or rawRGB) -> camera RGB; channels past the colour ones (noise map) dropped."""
