@@ -1,15 +1,16 @@
 """A small three-level U-Net that denoises the recursive filter's output in space (model.denoiser = width).
 
 Why: where the scene is still, the filter state is the temporal mean, and on the held-out static videos
-forcing the gate shut moved the output by only 0.1-0.3 dB, while temporal mean + BM3D scored 2-3 dB
-above it. The shortfall is spatial: the head's residual saw the filtered image through two 3x3 convs (a 5x5
-window), and the deep features come from single noisy frames, which cannot resolve what 16 averaged frames
-reveal. This network sees the filtered image (and the head's features) at full, half and quarter
+forcing the gate shut moved the output by only 0.1-0.2 dB (0.3 at frame 16), while temporal mean + BM3D
+scored 1.3 dB above it. The shortfall is spatial: the head's residual saw the filtered image through two
+3x3 convs (a 5x5 window), and the deep features come from single noisy frames, which cannot resolve what
+16 averaged frames reveal. This network sees the filtered image (and the head's features) at full, half and quarter
 resolution, as BM3D's patch search does, and adds a correction; its last conv starts at zero, so a model
 widened with it (train --init) starts out computing what it did.
 
 Cost per input pixel at width w with c input channels: about 9 (c w + 9 w^2) multiply-adds (w = 16, c = 19:
-~24 k).
+~24 k, +27% FLOPs on the default clstm). Measured (docs/RESULTS.md, third session): fine-tuned with
+model.gate_evidence onto the shipped weights it moved held-out static PSNR by +0.04 dB and moving by -0.37.
 """
 from __future__ import annotations
 
