@@ -125,9 +125,10 @@ def load_state_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
 
 def load_state_widened(model: torch.nn.Module, state: dict, path: Path) -> str:
     """Load weights of a closely related architecture (train --init after a change of model.encoder_mean,
-    model.gate_evidence, model.denoiser or model.pipeline): equal tensors are copied, a convolution that gained input
-    channels keeps its old filters with zeros for the new channels (so the network computes what it did),
-    tensors only one side has are dropped or left initial. Returns a line saying what was adapted."""
+    model.gate_evidence, model.denoiser or model.pipeline): equal tensors are copied, a convolution that
+    gained input channels keeps its old filters with zeros for the new channels (so the network computes
+    what it did), tensors only one side has are dropped or left initial. Returns a line saying what was
+    adapted."""
     own, new = model.state_dict(), {}
     widened, fresh = [], []
     for key, value in own.items():

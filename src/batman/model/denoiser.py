@@ -4,8 +4,8 @@ Why: where the scene is still, the filter state is the temporal mean, and on the
 forcing the gate shut moved the output by only 0.1-0.2 dB (0.3 at frame 16), while temporal mean + BM3D
 scored 1.3 dB above it. The shortfall is spatial: the head's residual saw the filtered image through two
 3x3 convs (a 5x5 window), and the deep features come from single noisy frames, which cannot resolve what
-16 averaged frames reveal. This network sees the filtered image (and the head's features) at full, half and quarter
-resolution, as BM3D's patch search does, and adds a correction; its last conv starts at zero, so a model
+16 averaged frames reveal. This network sees the filtered image (and the head's features) at full, half and
+quarter resolution, as BM3D's patch search does, and adds a correction; its last conv starts at zero, so a model
 widened with it (train --init) starts out computing what it did.
 
 Cost per input pixel at width w with c input channels: about 9 (c w + 9 w^2) multiply-adds (w = 16, c = 19:
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from batman.model.fusion import conv_of_concat
+from batman.model.fusion import conv_of_concat, upsample
 
 
 def conv(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
@@ -45,6 +45,6 @@ class BaseDenoiser(nn.Module):
         e1 = F.leaky_relu(conv_of_concat(self.enter, parts), 0.2)
         e2 = self.down1(e1)
         e3 = self.down2(e2)
-        d2 = self.up2(torch.cat([F.interpolate(e3, scale_factor=2, mode="bilinear", align_corners=False), e2], 1))
-        d1 = self.up1(torch.cat([F.interpolate(d2, scale_factor=2, mode="bilinear", align_corners=False), e1], 1))
+        d2 = self.up2(torch.cat([upsample(e3, 2), e2], 1))
+        d1 = self.up1(torch.cat([upsample(d2, 2), e1], 1))
         return self.out(d1)

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from batman.model.encoder import make_norm
 
 
+def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    return x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
 def conv_of_concat(conv: nn.Conv2d, parts: list[torch.Tensor]) -> torch.Tensor:
     """conv(cat(parts, 1)) without the concatenation: the weight split along its input channels, one conv
     per part, summed (the bias once). Equal up to float rounding; saves writing and reading the wide input."""

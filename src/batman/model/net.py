@@ -24,10 +24,10 @@ from batman.config import BatmanError, Config, ModelCfg
 from batman.isp import gamma_srgb
 from batman.model.align import FlowAlign, warp_state
 from batman.model.conv3d import CausalConv3d
-from batman.model.denoiser import BaseDenoiser
 from batman.model.convlstm import ConvLSTM
+from batman.model.denoiser import BaseDenoiser
 from batman.model.encoder import Encoder
-from batman.model.fusion import MFF, conv_of_concat
+from batman.model.fusion import MFF, conv_of_concat, upsample
 from batman.model.lite import LiteEncoder
 from batman.model.unet import SIDUNet
 
@@ -41,10 +41,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tens
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-
-
-def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
-    return x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
 def detach_state(state):
@@ -177,12 +173,13 @@ class RecursiveHead(nn.Module):
         y_t = curve(colour_matrix @ rgb(m_t)) + r_t  (+ denoiser(features, that image) with cfg.denoiser)
 
     g_t (where to forget: motion) and r_t (what noise is left) come from full-resolution convs on the
-    upsampled features, x_t and m_{t-1} (with cfg.gate_evidence also `mismatch_evidence(x_t, m_{t-1})`). At initialisation g is very negative and r is zero, so the
-    network starts as the causal temporal mean through a plain pipeline (identity colour matrix, sRGB
-    gamma) and training only has to learn the corrections, not the whole camera pipeline.
+    upsampled features, x_t and m_{t-1} (with cfg.gate_evidence also `mismatch_evidence(x_t, m_{t-1})`).
+    At initialisation g is very negative and r is zero, so the network starts as the causal temporal mean
+    through a plain pipeline (identity colour matrix, sRGB gamma) and training only has to learn the
+    corrections, not the whole camera pipeline.
     With cfg.pipeline = "fixed" the matrix stays the identity and the curve is the traditional pipeline's
-    (TraditionalCurve, exact for synth's linear-sRGB input and truths): Adam moves
-    every parameter by about lr per step whatever its gradient, and the shipped weights' matrix had
+    (TraditionalCurve, exact for synth's linear-sRGB input and truths): Adam moves every parameter by about
+    lr per step whatever its gradient, and the shipped weights' matrix had
     wandered to rows summing to 1.27 that the residual then had to undo.
     """
 
@@ -193,15 +190,14 @@ class RecursiveHead(nn.Module):
         self.evidence = cfg.gate_evidence
         self.up = nn.Sequential(nn.Conv2d(cfg.hidden, width * 16, 1), nn.PixelShuffle(4), nn.LeakyReLU(0.2, inplace=True))
         self.body = nn.Sequential(
-            nn.Conv2d(width + 2 * in_ch + (3 if self.evidence else 0), width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width + 2 * in_ch + (3 if self.evidence else 0), width, 3, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
         self.gate = nn.Conv2d(width, 1, 3, padding=1)
         self.residual = nn.Sequential(nn.Conv2d(width + 3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
                                       nn.Conv2d(width, 3 * scale * scale, 3, padding=1),
                                       nn.PixelShuffle(scale) if scale > 1 else nn.Identity())
-        shuffle = nn.PixelShuffle(scale) if scale > 1 else nn.Identity()
-        self.denoiser = nn.Sequential(BaseDenoiser(width + 3, cfg.denoiser, 3 * scale * scale), shuffle) \
-            if cfg.denoiser else None
+        self.denoiser = BaseDenoiser(width + 3, cfg.denoiser, 3 * scale * scale) if cfg.denoiser else None
         for conv in (self.gate, self.residual[-2]):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -212,9 +208,8 @@ class RecursiveHead(nn.Module):
 
     def camera_rgb(self, m: torch.Tensor) -> torch.Tensor:
         """Packed R, G1, G2, B (or rawRGB) -> camera RGB; channels past the colour ones (noise map) dropped."""
-        if self.packed:
-            return torch.stack([m[:, 0], 0.5 * (m[:, 1] + m[:, 2]), m[:, 3]], 1)
-        return m[:, :3]
+        m = self.colours(m)
+        return torch.stack([m[:, 0], 0.5 * (m[:, 1] + m[:, 2]), m[:, 3]], 1) if self.packed else m
 
     def colours(self, m: torch.Tensor) -> torch.Tensor:
         """The colour channels of a packed or rawRGB frame (the noise map dropped)."""
@@ -248,18 +243,19 @@ class RecursiveHead(nn.Module):
     def frame(self, up, x, m, first_weight):
         """One frame: (output, new filter state, base on the output grid). `first_weight` = 1/t, the weight
         of a plain running mean. The body's and the residual's first convs read [up, x, m(, evidence)] and
-        [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to float
-        rounding, tests/test_model.py)."""
+        [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to
+        float rounding, tests/test_model.py). The denoiser's correction joins the residual's before their
+        common PixelShuffle (a linear rearrangement: the same as shuffling each)."""
         parts = [up, x, m] + ([mismatch_evidence(self.colours(x), self.colours(m))] if self.evidence else [])
         hidden = self.body[1:](conv_of_concat(self.body[0], parts))
         k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden).float())
         m = m + k * (x - m)  # float32 under autocast too: the filter integrates over a whole video
         base = self.pipeline(m)
         base_out = upsample(base, self.scale)
-        y = base_out + self.residual[1:](conv_of_concat(self.residual[0], [hidden, base]))
+        correction = self.residual[1:-1](conv_of_concat(self.residual[0], [hidden, base]))
         if self.denoiser is not None:
-            y = y + self.denoiser([hidden, base])
-        return y, m, base_out
+            correction = correction + self.denoiser([hidden, base])
+        return base_out + self.residual[-1](correction), m, base_out
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
