@@ -234,3 +234,20 @@ def test_train_dynamic_adds_the_moving_videos_with_their_per_frame_truths(tmp_pa
     assert ids[True] == ids[False] | {"M0000", "M0001"} and val_clips[True] == val_clips[False]
     moving = next(v for v in built[True][0].videos if v.id == "M0000")
     assert len(moving.targets) == 6  # one truth per frame
+
+
+def test_val_dynamic_holds_the_last_moving_videos_out_of_training_for_validation(tmp_path):
+    """data.val_dynamic: epoch selection sees motion, on moving videos training never drew; dynamic_repeat
+    draws each remaining moving video's clips that many times per epoch."""
+    from batman.data.synth import synthesize
+    from batman.train import Dist, build_data
+    synthesize(tmp_path, videos=5, frames=6, size=(128, 192), seed=3, dynamic=3)
+    cfg = tiny_cfg(tmp_path, **{"data.train_dynamic": True, "data.val_dynamic": 1, "data.dynamic_repeat": 2})
+    train_set, _, _, val_loader = build_data(cfg, Dist())
+    trained = [v.id for v in train_set.videos]
+    validated = [val_loader.dataset.dataset.videos[i].id for i in val_loader.dataset.indices]
+    assert "M0002" not in trained and trained.count("M0000") == trained.count("M0001") == 2
+    assert validated[-1] == "M0002" and [i for i in validated if i.startswith("M")] == ["M0002"]
+    assert val_loader.dataset[len(validated) - 1]["target"].shape[0] == 4  # its own truth per frame
+    with pytest.raises(BatmanError, match="data.val_dynamic=4: .* has 3 dynamic videos"):
+        build_data(tiny_cfg(tmp_path, **{"data.val_dynamic": 4}), Dist())

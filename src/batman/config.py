@@ -35,6 +35,10 @@ class DataCfg:
     train_dynamic: bool = False  # also train on the dynamic split (synth's moving videos, a truth per frame:
                                  # rotation, zoom, objects, occlusion, light changes that pans lack); never
                                  # with a data set whose dynamic videos are held out for evaluation
+    dynamic_repeat: int = 1   # train_dynamic: each moving video counts this many times per epoch (more motion
+                              # clips when the static ones outnumber them)
+    val_dynamic: int = 0      # the dynamic split's last N videos validate (and never train): static-only
+                              # validation picks the epoch that keeps its gate shut, blind to camera motion
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)
@@ -315,6 +319,7 @@ CHECKS: dict[str, Check] = {
     "data.root": _text, "data.mode": _choice("raw", "rawrgb"), "data.bin": _int(1, 16), "data.crop": _crop,
     "data.frames": _int(1, 10_000), "data.clips_per_video": _int(1, 100_000), "data.augment": _flag,
     "data.motion": _real(0, 1), "data.motion_speed": _int(0, 1024), "data.train_dynamic": _flag,
+    "data.dynamic_repeat": _int(1, 1000), "data.val_dynamic": _int(0, 100_000),
     "data.cache": _text,
     "data.workers": _int(0, 256), "data.max_gain": _real(0, 1e6, above_lo=True), "data.noise_map": _flag,
     "data.white_balance": _flag, "data.colour": _choice("srgb", "camera"), "data.exposure_level": _real(0, 1e3),

@@ -127,20 +127,25 @@ def build_data(cfg: Config, d: Dist):
         raise BatmanError("no data set: pass --root DIR (a DRV-layout folder, e.g. from `batman synth`)")
     cache = open_cache(root, cfg.data.cache or None)
 
-    def dataset(split: str, train: bool) -> ClipDataset:
-        videos = load_split(root, split, cfg.data.mode, cache=cache)
-        if train and cfg.data.train_dynamic:
-            videos += load_split(root, "dynamic", cfg.data.mode, cache=cache)
+    moving = load_split(root, "dynamic", cfg.data.mode, cache=cache) if cfg.data.train_dynamic or cfg.data.val_dynamic else []
+    if cfg.data.val_dynamic > len(moving):
+        raise BatmanError(f"data.val_dynamic={cfg.data.val_dynamic}: {root} has {len(moving)} dynamic videos")
+    held = len(moving) - cfg.data.val_dynamic
+    train_moving = moving[:held] * cfg.data.dynamic_repeat if cfg.data.train_dynamic else []
+
+    def dataset(videos: list, train: bool) -> ClipDataset:
         return ClipDataset(videos, cfg.data, scale=cfg.model.scale, train=train, seed=cfg.seed, cache=cache)
 
-    train_set, val_set = dataset("train", True), dataset("val", False)
+    still_val = load_split(root, "val", cfg.data.mode, cache=cache)
+    train_set = dataset(load_split(root, "train", cfg.data.mode, cache=cache) + train_moving, True)
+    val_set = dataset(still_val + moving[held:], False)
     per_rank = cfg.train.batch * (cfg.train.steps_per_epoch or math.ceil(len(train_set) / (cfg.train.batch * d.world)))
     sampler = EpochSampler(len(train_set), per_rank, cfg.seed, d)
     loader_args = dict(num_workers=cfg.data.workers, worker_init_fn=worker_init_fn,
                        persistent_workers=False, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_set, batch_size=cfg.train.batch, sampler=sampler, drop_last=True, **loader_args)
-    n_val = min(len(val_set), cfg.train.val_clips or len(val_set))
-    val_idx = list(range(n_val))[d.rank:: d.world]
+    n_still = min(len(still_val), cfg.train.val_clips or len(still_val))
+    val_idx = (list(range(n_still)) + list(range(len(still_val), len(val_set))))[d.rank:: d.world]
     val_loader = DataLoader(torch.utils.data.Subset(val_set, val_idx), batch_size=1, shuffle=False, **loader_args)
     return train_set, train_loader, sampler, val_loader
 
