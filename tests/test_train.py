@@ -251,3 +251,14 @@ def test_val_dynamic_holds_the_last_moving_videos_out_of_training_for_validation
     assert val_loader.dataset[len(validated) - 1]["target"].shape[0] == 4  # its own truth per frame
     with pytest.raises(BatmanError, match="data.val_dynamic=4: .* has 3 dynamic videos"):
         build_data(tiny_cfg(tmp_path, **{"data.val_dynamic": 4}), Dist())
+
+
+def test_extra_dynamic_trains_on_another_data_sets_moving_videos(tmp_path):
+    from batman.data.synth import synthesize
+    from batman.train import Dist, build_data
+    synthesize(tmp_path / "main", videos=5, frames=6, size=(128, 192), seed=3)
+    synthesize(tmp_path / "cam", videos=0, frames=6, size=(128, 192), seed=4, dynamic=2, motion_kinds="rotate")
+    train_set, *_ = build_data(tiny_cfg(tmp_path / "main", **{"data.extra_dynamic": str(tmp_path / "cam")}), Dist())
+    extra = [v for v in train_set.videos if v.id.startswith("M")]
+    assert [v.id for v in extra] == ["M0000", "M0001"] and all(len(v.targets) == 6 for v in extra)
+    assert train_set[len(train_set) - 1]["target"].shape[0] == 4  # a clip of a moving video: a truth per frame

@@ -39,6 +39,8 @@ class DataCfg:
                               # clips when the static ones outnumber them)
     val_dynamic: int = 0      # the dynamic split's last N videos validate (and never train): static-only
                               # validation picks the epoch that keeps its gate shut, blind to camera motion
+    extra_dynamic: str = ""   # another data set whose dynamic split trains too (e.g. `batman synth --videos 0
+                              # --dynamic 40 --motion pan,rotate,zoom,mixed`: more camera motion)
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)
@@ -320,6 +322,7 @@ CHECKS: dict[str, Check] = {
     "data.frames": _int(1, 10_000), "data.clips_per_video": _int(1, 100_000), "data.augment": _flag,
     "data.motion": _real(0, 1), "data.motion_speed": _int(0, 1024), "data.train_dynamic": _flag,
     "data.dynamic_repeat": _int(1, 1000), "data.val_dynamic": _int(0, 100_000),
+    "data.extra_dynamic": _text,
     "data.cache": _text,
     "data.workers": _int(0, 256), "data.max_gain": _real(0, 1e6, above_lo=True), "data.noise_map": _flag,
     "data.white_balance": _flag, "data.colour": _choice("srgb", "camera"), "data.exposure_level": _real(0, 1e3),

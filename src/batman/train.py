@@ -131,7 +131,8 @@ def build_data(cfg: Config, d: Dist):
     if cfg.data.val_dynamic > len(moving):
         raise BatmanError(f"data.val_dynamic={cfg.data.val_dynamic}: {root} has {len(moving)} dynamic videos")
     held = len(moving) - cfg.data.val_dynamic
-    train_moving = moving[:held] * cfg.data.dynamic_repeat if cfg.data.train_dynamic else []
+    extra = load_split(cfg.data.extra_dynamic, "dynamic", cfg.data.mode) if cfg.data.extra_dynamic else []
+    train_moving = ((moving[:held] if cfg.data.train_dynamic else []) + extra) * cfg.data.dynamic_repeat
 
     def dataset(videos: list, train: bool) -> ClipDataset:
         return ClipDataset(videos, cfg.data, scale=cfg.model.scale, train=train, seed=cfg.seed, cache=cache)
