@@ -35,8 +35,8 @@ class DataCfg:
     train_dynamic: bool = False  # also train on the dynamic split (synth's moving videos, a truth per frame:
                                  # rotation, zoom, objects, occlusion, light changes that pans lack); never
                                  # with a data set whose dynamic videos are held out for evaluation
-    dynamic_repeat: int = 1   # train_dynamic: each moving video counts this many times per epoch (more motion
-                              # clips when the static ones outnumber them)
+    dynamic_repeat: int = 1   # each moving training video (train_dynamic, extra_dynamic) counts this many times
+                              # per epoch (more motion clips when the static ones outnumber them)
     val_dynamic: int = 0      # the dynamic split's last N videos validate (and never train): static-only
                               # validation picks the epoch that keeps its gate shut, blind to camera motion
     extra_dynamic: str = ""   # another data set whose dynamic split trains too (e.g. `batman synth --videos 0

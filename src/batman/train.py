@@ -127,18 +127,20 @@ def build_data(cfg: Config, d: Dist):
         raise BatmanError("no data set: pass --root DIR (a DRV-layout folder, e.g. from `batman synth`)")
     cache = open_cache(root, cfg.data.cache or None)
 
-    moving = load_split(root, "dynamic", cfg.data.mode, cache=cache) if cfg.data.train_dynamic or cfg.data.val_dynamic else []
+    def split(name: str) -> list:
+        return load_split(root, name, cfg.data.mode, cache=cache)
+
+    def dataset(videos: list, train: bool) -> ClipDataset:
+        return ClipDataset(videos, cfg.data, scale=cfg.model.scale, train=train, seed=cfg.seed, cache=cache)
+
+    moving = split("dynamic") if cfg.data.train_dynamic or cfg.data.val_dynamic else []
     if cfg.data.val_dynamic > len(moving):
         raise BatmanError(f"data.val_dynamic={cfg.data.val_dynamic}: {root} has {len(moving)} dynamic videos")
     held = len(moving) - cfg.data.val_dynamic
     extra = load_split(cfg.data.extra_dynamic, "dynamic", cfg.data.mode) if cfg.data.extra_dynamic else []
     train_moving = ((moving[:held] if cfg.data.train_dynamic else []) + extra) * cfg.data.dynamic_repeat
-
-    def dataset(videos: list, train: bool) -> ClipDataset:
-        return ClipDataset(videos, cfg.data, scale=cfg.model.scale, train=train, seed=cfg.seed, cache=cache)
-
-    still_val = load_split(root, "val", cfg.data.mode, cache=cache)
-    train_set = dataset(load_split(root, "train", cfg.data.mode, cache=cache) + train_moving, True)
+    still_val = split("val")
+    train_set = dataset(split("train") + train_moving, True)
     val_set = dataset(still_val + moving[held:], False)
     per_rank = cfg.train.batch * (cfg.train.steps_per_epoch or math.ceil(len(train_set) / (cfg.train.batch * d.world)))
     sampler = EpochSampler(len(train_set), per_rank, cfg.seed, d)
