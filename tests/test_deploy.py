@@ -48,7 +48,8 @@ def video(h, w, t=16, seed=1):
 @pytest.mark.parametrize("overrides, frames", [({}, 16), ({"model.name": "unet"}, 2),
                                                ({"model.name": "conv3d", "model.scale": 2}, 5),
                                                ({"model.encoder_mean": True, "model.pipeline": "fixed"}, 4),
-                                               ({"model.gate_evidence": True, "model.denoiser": 4}, 3)])
+                                               ({"model.gate_evidence": True, "model.denoiser": 4}, 3),
+                                               ({"model.state_reset": True}, 3)])
 def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     cfg = make_config("", overrides)
     model = perturbed_model(cfg)
@@ -61,6 +62,14 @@ def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
         names = [name for name, _, _ in layout["state"]]
         assert names == ["state_temporal_0_0", "state_temporal_0_1", "state_temporal_1_0", "state_temporal_1_1",
                          "state_head_0", "state_head_1"] + (["state_mean_0", "state_mean_1"] if cfg.model.encoder_mean else [])
+
+
+def test_flow_aligned_models_are_refused_not_exported_without_their_alignment(tmp_path):
+    from batman.config import BatmanError
+    cfg = make_config("", {"model.align": "flow"})
+    with pytest.raises(BatmanError, match="model.align=flow has no ONNX export"):
+        export_onnx(model_for(cfg), cfg, tmp_path / "m.onnx", example_size=(64, 64))
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_state_leaf_shape_follows_padding():

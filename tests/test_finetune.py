@@ -59,11 +59,12 @@ def test_init_from_another_architecture_is_a_one_line_error(syn, tmp_path):
 @pytest.mark.parametrize("widen, adapted, tensor", [
     ({"model.encoder_mean": True}, "model.encoder_mean", "widened with zeros: ['encoder.conv1.weight']"),
     ({"model.gate_evidence": True, "model.denoiser": 4}, "model.gate_evidence, model.denoiser",
-     "left initial: ['head.denoiser.enter.weight'")])
+     "left initial: ['head.denoiser.enter.weight'"),
+    ({"model.state_reset": True}, "model.state_reset", "left initial: ['reset.net.0.weight'")])
 def test_init_widens_weights_to_a_related_model(tmp_path, widen, adapted, tensor):
     """model.encoder_mean and model.gate_evidence add input channels: the old filters are kept, the new ones
     start at zero; model.denoiser adds a network whose last conv starts at zero. So the fine-tuned model
-    starts out computing exactly what the saved one did."""
+    starts out computing what the saved one did (model.state_reset: nearly, its memory kept at sigmoid(6))."""
     from batman.train import load_init_weights
     save_weights(tmp_path / "pre.pt", seed=5)
     old_cfg, cfg = make_config("demo", TINY), make_config("demo", {**TINY, **widen})
@@ -73,7 +74,8 @@ def test_init_widens_weights_to_a_related_model(tmp_path, widen, adapted, tensor
     assert f"adapted to {adapted}:" in line and tensor in line
     x = torch.rand(1, 3, cfg.data.in_channels, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(old.eval()(x)[0], new.eval()(x)[0], atol=1e-6)
+        tolerance = 1e-3 if "model.state_reset" in widen else 1e-6
+        assert torch.allclose(old.eval()(x)[0], new.eval()(x)[0], atol=tolerance)
     with pytest.raises(BatmanError, match="holds a clstm .*hidden=16.* not the requested"):  # other fields still refuse
         bigger = make_config("demo", {**TINY, "model.encoder_mean": True, "model.hidden": 8})
         load_init_weights(model_for(bigger), tmp_path / "pre.pt", bigger)

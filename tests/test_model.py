@@ -77,10 +77,11 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
                                  tiny(name="conv3d", t_kernel=2, mean_input=True), tiny(name="unet"),
                                  tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2),
                                  tiny(name="clstm", encoder_mean=True, pipeline="fixed"),
-                                 tiny(name="clstm", gate_evidence=True, denoiser=4, scale=2)],
+                                 tiny(name="clstm", gate_evidence=True, denoiser=4, scale=2),
+                                 tiny(name="clstm", state_reset=True)],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
                               "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed",
-                              "clstm-evidence-denoiser-x2"])
+                              "clstm-evidence-denoiser-x2", "clstm-state-reset"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()
@@ -191,6 +192,54 @@ def test_recursive_head_forgets_where_its_gate_opens():
     with torch.no_grad():
         _, state = model(x)
     assert torch.allclose(state["head"][0], x[:, -1], atol=1e-6)  # 32x32 needs no padding
+
+
+@pytest.mark.parametrize("name", ["clstm", "conv3d"])
+def test_state_reset_forgets_where_keep_is_shut_and_nothing_where_it_is_open(name):
+    """keep = 0 everywhere: each frame starts the temporal module from zeros and the filter from the frame;
+    keep = 1: the model without a reset, whose weights are the same."""
+    torch.manual_seed(0)
+    plain = build_model(tiny(name=name), 4).eval()
+    with torch.no_grad():  # the zero-initialised gate and residual must let the features reach the output
+        for p in plain.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    reset = build_model(tiny(name=name, state_reset=True), 4).eval()
+    assert reset.load_state_dict(plain.state_dict(), strict=False).missing_keys == [
+        "reset.net.0.weight", "reset.net.0.bias", "reset.net.2.weight", "reset.net.2.bias"]
+    x = clip(t=5)
+    with torch.no_grad():
+        nn.init.zeros_(reset.reset.net[-1].weight)
+        nn.init.constant_(reset.reset.net[-1].bias, -40.0)
+        shut, _ = reset(x)
+        outs, state = [], None
+        for t in range(x.shape[1]):
+            y, state = plain.step(x[:, t], {"head": (x[:, t], state["head"][1])} if state else None)
+            outs.append(y)
+        nn.init.constant_(reset.reset.net[-1].bias, 40.0)
+        open_, _ = reset(x)
+        remembering, _ = plain(x)
+    assert (shut - torch.stack(outs, 1)).abs().max() < 1e-5
+    assert (open_ - remembering).abs().max() < 1e-5
+    assert (shut - remembering).abs().max() > 1e-3  # the memory mattered
+
+
+def test_state_reset_starts_by_keeping_a_still_scene_and_forgetting_a_moved_one():
+    """Initialised on the departure against the frame's own noise: a new noisy frame of the scene the filter
+    holds keeps its memory (keep ~ sigmoid(6)), the scene shifted by 4 px loses much of it."""
+    from batman.model.net import StateReset
+    g = torch.Generator().manual_seed(0)
+    scene = F.interpolate(torch.rand(1, 4, 24, 24, generator=g), scale_factor=4, mode="bicubic").clamp(0, 1) * 0.5
+    noisy = lambda s: s + 0.15 * torch.randn(s.shape, generator=g)
+    m = torch.stack([noisy(scene) for _ in range(16)]).mean(0)
+    with torch.no_grad():
+        still, moved = (StateReset().keep(noisy(torch.roll(scene, shift, -1)), m)[..., 2:-2, 2:-2]
+                        for shift in (0, 4))
+    assert still.min() > 0.99 and moved.mean() < 0.7  # measured 0.9986 and 0.57
+
+
+def test_state_reset_needs_the_recursive_heads_filter():
+    with pytest.raises(BatmanError, match="model.state_reset .* needs model.head=recursive"):
+        build_model(tiny(head="skip", state_reset=True), 4)
 
 
 def test_recursive_head_keeps_its_filter_in_float32_under_autocast():

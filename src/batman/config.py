@@ -91,6 +91,9 @@ class ModelCfg:
                               # its 5x5 convs alone cannot tell a slow pan from noise at these gains
     denoiser: int = 0         # recursive head: width of a small U-Net that denoises the filtered image in space
                               # (model/denoiser.py; 0: off): its residual alone sees a 5x5 window
+    state_reset: bool = False # recursive head: before each frame the ConvLSTM memory is scaled down and the
+                              # filter pulled towards the frame where the frame departs from the filter state
+                              # (net.StateReset): forgets on camera motion
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,7 @@ CHECKS: dict[str, Check] = {
     "model.align_margin": _real(0, 2),
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
     "model.encoder_mean": _flag, "model.gate_evidence": _flag,
-    "model.denoiser": _int(0, 256),
+    "model.denoiser": _int(0, 256), "model.state_reset": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6),

@@ -85,6 +85,9 @@ class StepGraph(nn.Module):
         super().__init__()
         if not isinstance(model, (VideoNet, FrameNet)):
             raise BatmanError(f"export: no exporter for {type(model).__name__}")
+        if getattr(model, "align", None) is not None:  # forward below has no flow step: it would drop it silently
+            raise BatmanError("export: model.align=flow has no ONNX export yet (its flow search is not traced); "
+                              "export a model without it")
         self.model = model.eval()
         self.leaves, self.spec = state_layout(model, in_channels)
 
@@ -98,6 +101,9 @@ class StepGraph(nn.Module):
         if isinstance(self.model.head, RecursiveHead):
             m, count = state["head"]
             state["head"] = (torch.where(count > 0, m, x), count)  # a zero count: the filter starts at the frame
+        if self.model.reset is not None:  # a no-op on the first frame: the filter is the frame, the memory zero
+            state["temporal"], state["head"] = self.model.reset(state["temporal"], state["head"], x,
+                                                                self.model.head.colours)
         seen, mean = self.model.encoder_input(x.unsqueeze(1), state.get("mean"))
         feats = self.model.fusion(self.model.encoder(seen[:, 0])).unsqueeze(1)
         feats, temporal = self.model.temporal(feats, state["temporal"])

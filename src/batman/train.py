@@ -402,7 +402,7 @@ def architecture(cfg: Config) -> tuple:
 
 # Model fields --init may change: the new model starts out computing what the saved one did (or nearly:
 # a fixed pipeline replaces a learned one) and training adapts the rest.
-WIDENABLE = ("encoder_mean", "pipeline", "gate_evidence", "denoiser")
+WIDENABLE = ("encoder_mean", "pipeline", "gate_evidence", "denoiser", "state_reset")
 
 
 def load_init_weights(model, path: str | Path, cfg: Config) -> str:

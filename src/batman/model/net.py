@@ -146,12 +146,12 @@ class TraditionalCurve(nn.Module):
         return y * y * (3.0 - 2.0 * y)
 
 
-def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def mismatch_stats(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """How far frame x departs from filter state m, and what noise would explain: (B, C, H, W) colour channels
-    (H, W multiples of 4) -> (B, 3, H, W), constant-ish over 4x4 blocks, all logs (so that a linear conv can
-    weigh a ratio), centred and scaled to about [-2, 2] ((log(v + 1e-3) + 3.5) / 2): an input of constant
-    magnitude 7 would let Adam's first steps move the body like a bias at 20x the learning rate
-    (a first fine-tune with raw logs lost 0.4 dB of validation PSNR in 9 epochs):
+    (H, W multiples of 4) -> (B, 3, H/4, W/4), all logs (so that a linear conv can weigh a ratio), centred and
+    scaled to about [-2, 2] ((log(v + 1e-3) + 3.5) / 2): an input of constant magnitude 7 would let Adam's
+    first steps move the body like a bias at 20x the learning rate (a first fine-tune with raw logs lost
+    0.4 dB of validation PSNR in 9 epochs):
         log box_3x3(mean_c |avgpool_4(x - m)|)   the departure over 12x12 pixels: a slow pan shows here, where
                                                   a 5x5 full-resolution window sees only noise
         log avgpool_4(mean_c |x - box_3x3(x)|)    the frame's own roughness: its noise (and texture)
@@ -162,8 +162,12 @@ def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     smooth = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
     roughness = F.avg_pool2d((x - smooth).abs().mean(1, keepdim=True), 4)
     brightness = F.avg_pool2d(m.mean(1, keepdim=True), 4).clamp_min(0.0)
-    stats = (torch.log(torch.cat([departure, roughness, brightness], 1) + 1e-3) + 3.5) / 2
-    return F.interpolate(stats, scale_factor=4, mode="bilinear", align_corners=False)
+    return (torch.log(torch.cat([departure, roughness, brightness], 1) + 1e-3) + 3.5) / 2
+
+
+def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """`mismatch_stats` on the input grid (B, 3, H, W): constant-ish over 4x4 blocks."""
+    return F.interpolate(mismatch_stats(x, m), scale_factor=4, mode="bilinear", align_corners=False)
 
 
 class RecursiveHead(nn.Module):
@@ -261,6 +265,61 @@ class RecursiveHead(nn.Module):
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
 
 
+class StateReset(nn.Module):
+    """Forget where the frame departs from the filter state: before each frame keep = sigmoid(convs(
+    mismatch_stats(frame, filter state))) at stride 4 scales every tensor of the temporal state (ConvLSTM h, c)
+    and pulls the filter state towards the frame, m <- x + keep (m - x). Why: on a held-out rotation a
+    fine-tuned model's memory cost 1.3 dB (every state reset before each frame scored that much more);
+    a uniform keep of 0.5 on both states gained 1.4 dB there, on the ConvLSTM alone 0.6, but cost 3.7 dB
+    on a static video, so keep must follow the evidence.
+    Initialised, not learned from scratch: keep = sigmoid(6 - SLOPE * lrelu(departure - roughness - OFFSET))
+    through one hidden channel (the others start at zero weight out). From keep ~ 1 everywhere (a zero
+    last conv) a fine-tune moved it by 1e-4 in 250 steps: a partial reset first costs what the network
+    has learned to expect of its memory, before it pays. OFFSET puts the threshold just above the
+    static validation videos' 90th percentile of departure - roughness (0.5 * log of their ratio: -0.41 to
+    -0.52); moving validation videos reach -0.1 to +0.8 at their 90th."""
+
+    SLOPE, OFFSET = 16.0, 0.35
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+                                 nn.Conv2d(width, 1, 3, padding=1))
+        with torch.no_grad():
+            self.net[0].weight[0].zero_()
+            self.net[0].weight[0, 0, 1, 1], self.net[0].weight[0, 1, 1, 1] = 1.0, -1.0
+            self.net[0].bias[0] = self.OFFSET
+            self.net[-1].weight.zero_()
+            self.net[-1].weight[0, 0, 1, 1] = -self.SLOPE
+            self.net[-1].bias.fill_(6.0)
+
+    def forward(self, temporal, head, x: torch.Tensor, colours):
+        """temporal: nested (B, C, H/4, W/4) tensors; head: (filter state m, count) with m and the frame x
+        (B, C, H, W); `colours` picks their colour channels. -> (temporal, head) with the memory forgotten."""
+        m, count = head
+        keep = self.keep(colours(x), colours(m))
+        full = F.interpolate(keep, scale_factor=4, mode="bilinear", align_corners=False).to(m.dtype)
+        return scale_state(temporal, keep), (x + full * (m - x), count)
+
+    def keep(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H/4, W/4) in (0, 1): how much of the memory to keep."""
+        return torch.sigmoid(self.net(mismatch_stats(x, m)))
+
+
+def scale_state(state, keep: torch.Tensor):
+    """Every (B, ..., h, w) tensor of a nested state (ConvLSTM h and c, conv3d's past features) times `keep`
+    (B, 1, h, w); others (counts) pass through."""
+    if isinstance(state, torch.Tensor):
+        if state.dim() < 4 or state.shape[-2:] != keep.shape[-2:]:
+            return state
+        return state * keep.view(keep.shape[0], *[1] * (state.dim() - 3), *keep.shape[-2:]).to(state.dtype)
+    if isinstance(state, dict):
+        return {k: scale_state(v, keep) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(scale_state(v, keep) for v in state)
+    return state
+
+
 # --- networks ---------------------------------------------------------------------------------
 
 class ClipConvLSTM(nn.Module):
@@ -304,6 +363,10 @@ class VideoNet(nn.Module):
         if cfg.align not in ("none", "flow"):
             raise BatmanError(f"unknown model.align {cfg.align!r}; choose none or flow")
         self.align = FlowAlign(cfg.fusion, margin=cfg.align_margin) if cfg.align == "flow" else None
+        if cfg.state_reset and cfg.head != "recursive":
+            raise BatmanError("model.state_reset compares each frame with the recursive head's filter state: "
+                              "it needs model.head=recursive")
+        self.reset = StateReset() if cfg.state_reset else None
 
     def forward(self, x: torch.Tensor, state: dict | None = None, with_base: bool = False):
         """-> (y, state), or (y, state, base) with `with_base` (the recursive head's filter state through
@@ -316,8 +379,9 @@ class VideoNet(nn.Module):
         frames = pad_to_multiple(x.flatten(0, 1))
         seen, mean_state = self.encoder_input(frames.unflatten(0, (b, t)), state.get("mean"))
         feats = self.fusion(self.encoder(seen.flatten(0, 1)))
-        if self.align is not None:
-            y, state, base = self.aligned(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state, with_base)
+        if self.align is not None or self.reset is not None:
+            y, state, base = self.frame_by_frame(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state,
+                                                 with_base)
         else:
             feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
             y, head_state, *base = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"), with_base)
@@ -336,18 +400,25 @@ class VideoNet(nn.Module):
         mean, mean_state = running_mean(frames, mean_state)
         return torch.cat([frames, mean], 2), mean_state
 
-    def aligned(self, feats: torch.Tensor, frames: torch.Tensor, state: dict, with_base: bool = False):
-        """Frame by frame: flow from the previous frame, warp the states onto the new frame, update.
-        -> (y, state, base or None)."""
+    def frame_by_frame(self, feats: torch.Tensor, frames: torch.Tensor, state: dict, with_base: bool = False):
+        """Frame by frame, for what acts between frames: with cfg.align the flow from the previous frame warps
+        the states onto the new frame; with cfg.state_reset the frame's departure from the filter state scales
+        the temporal memory down. -> (y, state, base or None)."""
         outs, bases = [], []
         for i in range(feats.shape[1]):
-            flow, previous = self.align(frames[:, i], feats[:, i], state.get("align"))
             recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
-            if flow is not None:
-                recurrent = warp_state(recurrent, flow, tuple(feats.shape[-2:]))
+            if self.align is not None:
+                flow, previous = self.align(frames[:, i], feats[:, i], state.get("align"))
+                if flow is not None:
+                    recurrent = warp_state(recurrent, flow, tuple(feats.shape[-2:]))
+            if self.reset is not None and recurrent["head"] is not None and recurrent["temporal"] is not None:
+                recurrent["temporal"], recurrent["head"] = self.reset(recurrent["temporal"], recurrent["head"],
+                                                                      frames[:, i], self.head.colours)
             f, temporal_state = self.temporal(feats[:, i:i + 1], recurrent["temporal"])
             y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base)
-            state = {"temporal": temporal_state, "head": head_state, "align": previous}
+            state = {"temporal": temporal_state, "head": head_state}
+            if self.align is not None:
+                state["align"] = previous
             outs.append(y)
             bases += base
         return torch.cat(outs, 1), state, torch.cat(bases, 1) if with_base else None
