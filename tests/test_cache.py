@@ -131,6 +131,23 @@ def test_bad_frame_stops_or_is_left_out(make_drv, capsys):
     assert "0 of 8 frames to decode" in capsys.readouterr().out
 
 
+def test_a_cache_never_serves_another_data_sets_frames(make_drv, tmp_path):
+    """train --set data.extra_dynamic=DIR reads a second data set through the main one's cache: its frames have
+    the same `short/<id>/<name>` keys, and a copy keeps sizes and mtimes, so only the root can tell them apart."""
+    import os
+    import shutil
+    root = make_drv(ids=("0001",), frames=2, size=(64, 96))
+    opened = open_cache(root, str(prepare(root, cache=tmp_path / "cache", workers=1)))
+    other = Path(shutil.copytree(root, tmp_path / "other"))
+    frame = drv.load_split(other, "train")[0].frames[0]
+    st = frame.stat()
+    frame.write_bytes(bytes(reversed(frame.read_bytes())))  # another frame: same size and mtime
+    os.utime(frame, ns=(st.st_atime_ns, st.st_mtime_ns))
+    own = drv.load_split(root, "train")[0].frames[0]
+    assert opened.entry(own) is not None and cache_mod.frame_key(own) == cache_mod.frame_key(frame)
+    assert opened.entry(frame) is None
+
+
 def test_not_enough_space(make_drv, monkeypatch):
     root = make_drv(ids=("0001",), frames=2, size=(64, 96))
     monkeypatch.setattr(cache_mod, "free_bytes", lambda path: 100)

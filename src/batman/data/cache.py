@@ -72,23 +72,32 @@ def read_manifest(folder: str | Path) -> dict:
 class FrameCache:
     """A prepared cache: manifest entries and memory-mapped counts, looked up by source path."""
 
-    def __init__(self, folder: str | Path, manifest: dict):
+    def __init__(self, folder: str | Path, manifest: dict, root: str | Path | None = None):
         self.folder = Path(folder)
+        self.root = Path(root).resolve() if root is not None else None
         self.bin = int(manifest["bin"])
         self.frames: dict = manifest.get("frames", {})
         self.long: dict = manifest.get("long", {})
 
     @classmethod
-    def open(cls, folder: str | Path) -> "FrameCache":
-        return cls(folder, read_manifest(folder))
+    def open(cls, folder: str | Path, root: str | Path | None = None) -> "FrameCache":
+        """`root`: the data set the cache was prepared for; frames of other data sets are then never looked up
+        (their `short/<id>/<name>` keys can name this set's frames: every synth set has an M0000)."""
+        return cls(folder, read_manifest(folder), root)
+
+    def key(self, path: str | Path) -> str | None:
+        """The frame's manifest key, or None when it lies outside this cache's data set."""
+        if self.root is not None and not Path(path).resolve().is_relative_to(self.root):
+            return None
+        return frame_key(path)
 
     def entry(self, path: str | Path) -> dict | None:
         """The frame's entry (status ok or bad) while it matches the source, else None."""
-        entry = self.frames.get(frame_key(path))
+        entry = self.frames.get(self.key(path))
         return entry if _fresh(entry, Path(path)) else None
 
     def long_exposure(self, path: str | Path) -> float | None:
-        entry = self.long.get(frame_key(path))
+        entry = self.long.get(self.key(path))
         return entry["exposure_s"] if _fresh(entry, Path(path)) else None
 
     def counts(self, entry: dict) -> np.ndarray:
@@ -128,7 +137,7 @@ def find_cache(root: str | Path, cache: str | Path | None = None) -> Path | None
 def open_cache(root: str | Path, cache: str | Path | None = None) -> FrameCache | None:
     """The cache find_cache chooses, opened (manifest read once), or None when there is none."""
     folder = find_cache(root, cache)
-    return FrameCache.open(folder) if folder else None
+    return FrameCache.open(folder, root) if folder else None
 
 
 # --- prepare --------------------------------------------------------------------------------
