@@ -272,12 +272,13 @@ class StateReset(nn.Module):
     fine-tuned model's memory cost 1.3 dB (every state reset before each frame scored that much more);
     a uniform keep of 0.5 on both states gained 1.4 dB there, on the ConvLSTM alone 0.6, but cost 3.7 dB
     on a static video, so keep must follow the evidence.
-    Initialised, not learned from scratch: keep = sigmoid(6 - SLOPE * lrelu(departure - roughness - OFFSET))
+    Initialised, not learned from scratch: keep = sigmoid(6 - SLOPE * lrelu(departure - roughness + OFFSET))
     through one hidden channel (the others start at zero weight out). From keep ~ 1 everywhere (a zero
     last conv) a fine-tune moved it by 1e-4 in 250 steps: a partial reset first costs what the network
     has learned to expect of its memory, before it pays. OFFSET puts the threshold just above the
     static validation videos' 90th percentile of departure - roughness (0.5 * log of their ratio: -0.41 to
-    -0.52); moving validation videos reach -0.1 to +0.8 at their 90th."""
+    -0.52); moving validation videos reach -0.1 to +0.8 at their 90th. Measured since: fine-tuned onto stage 9,
+    training raised keep back towards 1 and the rotation did not recover (docs/RESULTS.md, fifth session)."""
 
     SLOPE, OFFSET = 16.0, 0.35
 
@@ -343,7 +344,8 @@ class VideoNet(nn.Module):
     state = {"temporal": the temporal module's state, "head": the head's (running mean or filter) or None};
     with cfg.align = "flow" also "align": the previous frame's matching descriptor, and before each frame's
     update both states are warped by the flow estimated from it (model/align.py); with cfg.encoder_mean
-    also "mean": the running sum and count of the inputs, whose mean the encoder sees beside each frame.
+    also "mean": the running sum and count of the inputs, whose mean the encoder sees beside each frame;
+    with cfg.state_reset a StateReset acts on both states before each frame (no state of its own).
     """
 
     def __init__(self, cfg: ModelCfg, in_channels: int, temporal: nn.Module, packed: bool = True):
@@ -403,7 +405,7 @@ class VideoNet(nn.Module):
     def frame_by_frame(self, feats: torch.Tensor, frames: torch.Tensor, state: dict, with_base: bool = False):
         """Frame by frame, for what acts between frames: with cfg.align the flow from the previous frame warps
         the states onto the new frame; with cfg.state_reset the frame's departure from the filter state scales
-        the temporal memory down. -> (y, state, base or None)."""
+        the temporal memory down and pulls the filter towards the frame. -> (y, state, base or None)."""
         outs, bases = [], []
         for i in range(feats.shape[1]):
             recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
