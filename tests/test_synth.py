@@ -14,6 +14,7 @@ from batman import isp
 from batman.data.drv import read_png
 from batman.data.raw import bin2x2, pack_bayer, read_raw, write_dng
 from batman.data.synth import split_ids, synthesize
+from conftest import fixture_path
 
 SIZE = (256, 384)
 STATIC = [f"{i:04d}" for i in range(1, 7)]
@@ -228,3 +229,35 @@ def test_empty_image_folder_is_a_cli_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["synth", "--out", str(tmp_path / "o"), "--videos", "1", "--images", str(tmp_path / "empty")]) == 2
     assert "no images in" in capsys.readouterr().err
+
+
+# --- clean raws as sources: a real sensor's colour -----------------------------------------------
+
+def test_a_clean_raw_source_gives_its_own_colour_to_the_video(tmp_path):
+    source = fixture_path("canon_550d_colorchart.dng")
+    (tmp_path / "raws").mkdir()
+    (tmp_path / "raws" / source.name).symlink_to(source)
+    synthesize(tmp_path / "out", videos=1, frames=2, size=(128, 128), seed=0, images=tmp_path / "raws",
+               noise=False, ratio=(50.0, 50.0))
+    meta = json.loads((tmp_path / "out" / "long" / "0001" / "synth.json").read_text())
+    original = read_raw(source)
+    r, g1, g2, b = original.wb
+    assert meta["image"] == source.name and meta["camera"] == "Canon EOS Kiss X4"
+    assert np.allclose(meta["wb"], [2 * r / (g1 + g2), 1.0, 2 * b / (g1 + g2)])
+    assert np.allclose(meta["cam_to_srgb"], original.cam_to_srgb)
+    # a raw developer reading the written frame finds the source's colour again (DNG ColorMatrix1, AsShotNeutral)
+    written = read_raw(tmp_path / "out" / "short" / "0001" / "0001.dng")
+    assert np.allclose(written.cam_to_srgb, original.cam_to_srgb, atol=1e-3)
+    assert np.allclose(np.array(written.wb)[[0, 3]] / written.wb[1], meta["wb"][::2], rtol=1e-3)
+    # and its clean frame, developed so, is the truth
+    truth = read_png16(tmp_path / "out" / "long" / "0001" / "half0001.png") / 65535.0
+    assert psnr(traditional_on_frame(tmp_path / "out", "0001", "0002.dng"), truth) >= 35.0
+
+
+def test_a_raw_source_that_is_not_bayer_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "raws").mkdir()
+    for name in ("canon_550d_colorchart.dng", "nikon_coolscan_not_bayer.nef"):
+        (tmp_path / "raws" / name).symlink_to(fixture_path(name))
+    with pytest.raises(BatmanError, match=r"not a Bayer raw: .*nikon_coolscan_not_bayer.nef") as err:
+        synthesize(tmp_path / "out", videos=1, frames=2, size=(64, 64), seed=0, images=tmp_path / "raws")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()

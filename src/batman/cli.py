@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=_size, default=(512, 768), help="Bayer mosaic HxW (ground truth: H/4 x W/4)")
     sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     sp.add_argument("--images", type=Path, nargs="+", default=None,
-                    help="folders of clean photos (default: skimage's)")
+                    help="folders of clean photos and/or clean raw files (a raw's videos take its own white "
+                         "balance and colour matrix; default: skimage's photos)")
     sp.add_argument("--exclude", nargs="*", default=[], metavar="PATTERN",
                     help="leave out photos whose name matches, e.g. 'kodim19*' (a held-out part)")
     sp.add_argument("--only", nargs="*", default=[], metavar="PATTERN", help="use only photos whose name matches")

@@ -1,6 +1,7 @@
 """A synthetic dark raw video data set in the DRV layout, from clean photos.
 
-Per video: a clean sRGB view on the packed grid -> unprocess (inverse tone, gamma, colour matrix,
+Per video: a clean sRGB view on the packed grid (of a photo, or of a clean raw rendered with its own colour)
+-> unprocess (inverse tone, gamma, colour matrix,
 white balance) -> mosaic in a random Bayer phase -> darken by the exposure ratio -> sensor noise
 -> 14-bit DNG frames. The ground truth is the traditional pipeline applied to the clean packed
 raw binned 2x2 in linear space, so that a perfect denoiser + gain + traditional pipeline gets it.
@@ -15,6 +16,7 @@ raw binned 2x2 in linear space, so that a perfect denoiser + gain + traditional 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -26,14 +28,17 @@ import numpy as np
 
 from batman.config import BatmanError
 from batman.data import motion
-from batman.isp import cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline, unprocess
+from batman.isp import (SRGB_TO_XYZ, cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline,
+                        unprocess)
 from batman.data.noise import CalibratedProfile, NoiseParams, add_sensor_noise, load_camera, sample_noise_params
-from batman.data.raw import bin2x2, unpack_bayer, write_dng
+from batman.data.drv import ANY_RAW_SUFFIXES
+from batman.data.raw import bin2x2, pack_counts, read_raw, unpack_bayer, write_dng
 from batman.files import atomic_path, atomic_write_text
 
 # skimage's bundled colour photos (offline): name -> loader in skimage.data.
 SKIMAGE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+RAW_TOP = 0.9                           # a clean raw source is brightened until its 99.5th percentile reaches it
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 WHITE = 16383                           # 14-bit sensor
 BLACKS = (512, 600, 800, 1024)          # black levels of common 14-bit cameras
@@ -91,7 +96,7 @@ def sample_camera(rng: np.random.Generator, ratio: tuple[float, float], noise: b
 
 def image_sources(folders: str | Path | list | None, exclude: tuple[str, ...] = (),
                   only: tuple[str, ...] = ()) -> list[str]:
-    """skimage's image names, or the sorted photo paths in one or more folders and their subfolders.
+    """skimage's image names, or the sorted photo and raw paths in one or more folders and their subfolders.
 
     `exclude` / `only`: shell patterns on the file name (e.g. 'kodim2[0-4]*'), so that a fixed part
     of a photo set can be held out of training and used alone for evaluation.
@@ -103,17 +108,28 @@ def image_sources(folders: str | Path | list | None, exclude: tuple[str, ...] = 
         folder = Path(folder)
         if not folder.is_dir():
             raise BatmanError(f"no such image folder: {folder}")
-        paths += sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        paths += sorted(str(p) for p in folder.rglob("*") if is_clean_source(p) and p.is_file())
     paths = [p for p in paths if not any(fnmatch(Path(p).name, pat) for pat in exclude)
              and (not only or any(fnmatch(Path(p).name, pat) for pat in only))]
     if not paths:
-        raise BatmanError(f"no images in {', '.join(map(str, [folders]))} (expected {', '.join(IMAGE_SUFFIXES)}"
+        raise BatmanError(f"no images in {', '.join(map(str, [folders]))} (expected {', '.join(IMAGE_SUFFIXES)} "
+                          f"or raw files"
                           f"{', after --exclude/--only' if exclude or only else ''})")
     return paths
 
 
+def is_clean_source(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_raw_source(path)
+
+
+def is_raw_source(source: str | Path) -> bool:
+    return Path(source).suffix.lower() in ANY_RAW_SUFFIXES and str(source) not in SKIMAGE_IMAGES
+
+
 def read_clean_image(source: str) -> np.ndarray:
-    """An skimage image name or a file path -> float32 sRGB (H, W, 3) in [0, 1]."""
+    """An skimage image name, a photo or a clean raw file -> float32 sRGB (H, W, 3) in [0, 1]."""
+    if is_raw_source(source):
+        return render_raw_source(source)[0]
     if source in SKIMAGE_IMAGES:
         import skimage.data
         image = skimage.data.stereo_motorcycle()[0] if source == "motorcycle" else getattr(skimage.data, source)()
@@ -124,6 +140,58 @@ def read_clean_image(source: str) -> np.ndarray:
         except Exception as e:  # imageio raises many types for unreadable or unsupported files
             raise BatmanError(f"cannot read image: {source} ({type(e).__name__}: {e})") from None
     return to_rgb_float(image)
+
+
+@dataclass(frozen=True)
+class RawColour:
+    """A raw source's own colour: what the videos made from it are rendered with."""
+    wb: np.ndarray           # as-shot R, G, B multipliers, G = 1
+    cam_to_srgb: np.ndarray
+    name: str                # make and model
+
+    @property
+    def xyz_to_cam(self) -> np.ndarray:
+        """The XYZ -> camera matrix whose normalised inverse (cam_to_srgb_from_xyz) is cam_to_srgb again."""
+        return np.linalg.inv(self.cam_to_srgb) @ np.linalg.inv(SRGB_TO_XYZ)
+
+
+@functools.lru_cache(maxsize=2)
+def render_raw_source(path: str) -> tuple[np.ndarray, RawColour]:
+    """A clean raw file -> its sRGB rendering on the packed grid (H/2, W/2, 3) through the traditional pipeline
+    with the file's as-shot white balance and colour matrix, brightened (never darkened) until its 99.5th
+    percentile reaches RAW_TOP, and that colour. Why: unprocessed with the same colour, the video's frames are
+    the camera's own linear data (greens averaged, clipped highlights aside), so a model meets a real sensor's
+    colour response and a real scene's spectra instead of a photo pushed through another camera's matrix.
+    A raw LibRaw has no colour matrix for stays in camera RGB (identity)."""
+    frame = read_raw(path)
+    packed = pack_counts(frame.bayer_u16, frame.pattern).astype(np.float32)
+    black = np.asarray(frame.black, dtype=np.float32)[:, None, None]
+    packed = np.clip((packed - black) / (np.float32(frame.white) - black), 0.0, 1.0)
+    r, g1, g2, b = frame.wb
+    g = (g1 + g2) / 2 if g1 > 0 and g2 > 0 else 1.0
+    wb = np.array([r / g, 1.0, b / g]) if min(r, b) > 0 else np.ones(3)
+    cam_to_srgb = frame.cam_to_srgb if frame.cam_to_srgb is not None else np.eye(3)
+    balanced = np.stack([packed[0], (packed[1] + packed[2]) / 2, packed[3]]) * wb[:, None, None].astype(np.float32)
+    top = float(np.percentile(balanced, 99.5))
+    packed = packed * np.float32(max(1.0, RAW_TOP / top) if top > 0 else 1.0)
+    name = frame.model if frame.model.startswith(frame.make) else f"{frame.make} {frame.model}".strip()
+    return traditional_pipeline(packed, wb, cam_to_srgb), RawColour(wb, cam_to_srgb, name or Path(path).name)
+
+
+def check_raw_sources(sources: list[str]) -> None:
+    """Refuse, before a file is written, a raw source that is unreadable or not Bayer (one line naming it)."""
+    from batman.data.raw import read_info
+    for source in filter(is_raw_source, sources):
+        read_info(source)
+
+
+def with_source_colour(camera: Camera, source: str) -> Camera:
+    """A video made from a raw source takes that file's colour (white balance, matrix), not a drawn one."""
+    if not is_raw_source(source):
+        return camera
+    colour = render_raw_source(source)[1]
+    return replace(camera, wb=colour.wb, xyz_to_cam=colour.xyz_to_cam, cam_to_srgb=colour.cam_to_srgb,
+                   name=colour.name)
 
 
 def to_rgb_float(image: np.ndarray) -> np.ndarray:
@@ -155,16 +223,17 @@ def random_view(image: np.ndarray, shape: tuple[int, int], rng: np.random.Genera
 
 # --- scenes: one clean sRGB frame per time step -------------------------------------------------
 
-def static_scene(sources: list[str], shape: tuple[int, int], rng: np.random.Generator) -> tuple[list, dict]:
-    """One clean view (the frames of a static video share it)."""
+def static_scene(sources: list[str], shape: tuple[int, int], rng: np.random.Generator) -> tuple[list, dict, str]:
+    """One clean view (the frames of a static video share it), its description and its source."""
     name = sources[rng.integers(len(sources))]
     view, info = random_view(read_clean_image(name), shape, rng)
-    return [view], {"image": _display_name(name), **info, "motion": None}
+    return [view], {"image": _display_name(name), **info, "motion": None}, name
 
 
 def moving_scene(sources: list[str], shape: tuple[int, int], frames: int, rng: np.random.Generator,
-                 kind: str, max_speed: float) -> tuple[list, list, dict]:
-    """A dynamic video of one motion `kind` (batman.data.motion): its views, masks and description."""
+                 kind: str, max_speed: float) -> tuple[list, list, dict, str]:
+    """A dynamic video of one motion `kind` (batman.data.motion): its views, masks, description and the
+    source of its background."""
     parts = motion.COMPONENTS[kind]
     name = sources[rng.integers(len(sources))]
     camera, canvas_size = motion.draw_camera(rng, parts, shape, frames, max_speed)
@@ -178,7 +247,7 @@ def moving_scene(sources: list[str], shape: tuple[int, int], frames: int, rng: n
     light = motion.draw_light(rng, parts, camera, shape, frames)
     views, masks = motion.render(canvas, camera, layers, light, shape, frames)
     return views, masks, {"image": _display_name(name), **info,
-                          "motion": motion.describe(kind, parts, camera, layers, light, max_speed)}
+                          "motion": motion.describe(kind, parts, camera, layers, light, max_speed)}, name
 
 
 def _display_name(source: str) -> str:
@@ -293,6 +362,7 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
     if not 0 < max_speed <= 64:
         raise BatmanError(f"synth: --max-speed {max_speed} must be in (0, 64] input-grid pixels per frame")
     sources = image_sources(images, exclude, only)
+    check_raw_sources(sources)
     calibrated = load_camera(camera_file) if camera_file else None
     shape = (size[0] // 2, size[1] // 2)  # the packed grid
     static_ids = [f"{i + 1:04d}" for i in range(videos)]
@@ -304,10 +374,11 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
         camera = sample_camera(rng, ratio, noise, *(one_camera or sample_xyz_to_cam(rng, cameras)),
                                calibrated=calibrated)
         if moving:
-            views, masks, info = moving_scene(sources, shape, frames, rng, kinds[index % len(kinds)], max_speed)
+            views, masks, info, source = moving_scene(sources, shape, frames, rng, kinds[index % len(kinds)],
+                                                      max_speed)
         else:
-            (views, info), masks = static_scene(sources, shape, rng), ()
-        write_video(root, vid, views, frames, camera, info, rng, masks)
+            (views, info, source), masks = static_scene(sources, shape, rng), ()
+        write_video(root, vid, views, frames, with_source_colour(camera, source), info, rng, masks)
     for name, ids in zip(("train", "val", "test"), ([], [], static_ids) if test_only else split_ids(static_ids)):
         atomic_write_text(root / f"{name}_list.txt", "".join(f"{vid}\n" for vid in ids))
     atomic_write_text(root / "dynamic_list.txt", "".join(f"{vid}\n" for vid in dynamic_ids))
