@@ -56,6 +56,22 @@ def test_init_from_another_architecture_is_a_one_line_error(syn, tmp_path):
         train(make_config("demo", {**TINY, "data.root": str(syn)}), out=tmp_path / "run", init=tmp_path / "none.pt")
 
 
+def test_init_takes_the_checkpoints_model_settings_unless_set(tmp_path, capsys):
+    """`train --init trained_model/... --preset pretrain` must fine-tune the shipped model, whose options the
+    preset lacks: widening back to the preset's architecture would drop its denoiser and change its pipeline."""
+    import json
+    save_weights(tmp_path / "pre.pt", seed=1, **{"model.gate_evidence": True, "model.denoiser": 8})
+    base = ["train", "--root", str(tmp_path), "--preset", "demo", "--init", str(tmp_path / "pre.pt"), "--dry-run",
+            "--set", "model.hidden=16", "model.fusion=16"]
+    assert main(base) == 0
+    said, printed = capsys.readouterr().out.split("\n", 1)
+    model = json.loads(printed)["model"]
+    assert (model["gate_evidence"], model["denoiser"]) == (True, 8) and "model.denoiser=8" in said
+    assert main(base + ["model.denoiser=0"]) == 0
+    model = json.loads(capsys.readouterr().out.split("\n", 1)[1])["model"]
+    assert (model["gate_evidence"], model["denoiser"]) == (True, 0)
+
+
 @pytest.mark.parametrize("widen, adapted, tensor", [
     ({"model.encoder_mean": True}, "model.encoder_mean", "widened with zeros: ['encoder.conv1.weight']"),
     ({"model.gate_evidence": True, "model.denoiser": 4}, "model.gate_evidence, model.denoiser",

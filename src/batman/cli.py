@@ -91,9 +91,16 @@ def cmd_prepare(args) -> int:
 
 
 def train_config(args):
-    """(config, preset) of `batman train`: --config FILE, then --preset (cpu unless a file is given), then --set."""
+    """(config, preset) of `batman train`: --config FILE, then --preset (cpu unless a file is given), then --set;
+    with --init, the model settings neither gives are the checkpoint's (train.init_architecture)."""
     preset = args.preset if args.preset is not None else ("" if args.config else "cpu")
-    return _config(args, preset), preset
+    cfg = _config(args, preset)
+    if getattr(args, "init", None):
+        from batman.config import _flatten, read_config_file
+        from batman.train import init_architecture
+        explicit = set(parse_set(args.set or [])) | (set(_flatten(read_config_file(args.config))) if args.config else set())
+        cfg = init_architecture(cfg, args.init, explicit)
+    return cfg, preset
 
 
 def cmd_train(args) -> int:

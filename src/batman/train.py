@@ -14,7 +14,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from batman import ckpt as ckpts
-from batman.config import BatmanError, Config
+from batman.config import BatmanError, Config, apply_overrides
 from batman.files import atomic_path, ensure_dir, remove_stale_temps
 from batman.model.net import detach_state, model_for
 from batman.report import pyplot, save_figure
@@ -403,6 +403,21 @@ def architecture(cfg: Config) -> tuple:
 # Model fields --init may change: the new model starts out computing what the saved one did (or nearly:
 # a fixed pipeline replaces a learned one) and training adapts the rest.
 WIDENABLE = ("encoder_mean", "pipeline", "gate_evidence", "denoiser", "state_reset")
+
+
+def init_architecture(cfg: Config, path: str | Path, explicit: set[str]) -> Config:
+    """The config of a fine-tune from `path` (--init): every model setting not in `explicit` (the keys the
+    user set) becomes the checkpoint's, so that `--init trained_model/...` fine-tunes the shipped model
+    whatever its options, instead of the preset's architecture (which would drop or zero what the preset
+    lacks). Prints the settings taken."""
+    _, saved = ckpts.read_weights(Path(path))
+    taken = {f"model.{f.name}": getattr(saved.model, f.name) for f in fields(saved.model)
+             if f.name not in ("checkpointing", "encoder_weights") and f"model.{f.name}" not in explicit
+             and getattr(saved.model, f.name) != getattr(cfg.model, f.name)}
+    if taken:
+        print(f"--init {path}: its model settings {', '.join(f'{k}={v}' for k, v in taken.items())} "
+              f"(--set to change them)")
+    return apply_overrides(cfg, taken)
 
 
 def load_init_weights(model, path: str | Path, cfg: Config) -> str:
