@@ -262,3 +262,15 @@ def test_extra_dynamic_trains_on_another_data_sets_moving_videos(tmp_path):
     extra = [v for v in train_set.videos if v.id.startswith("M")]
     assert [v.id for v in extra] == ["M0000", "M0001"] and all(len(v.targets) == 6 for v in extra)
     assert train_set[len(train_set) - 1]["target"].shape[0] == 4  # a clip of a moving video: a truth per frame
+
+
+def test_extra_static_trains_on_every_static_video_of_another_data_set(tmp_path):
+    from batman.data.synth import synthesize
+    from batman.train import Dist, build_data
+    synthesize(tmp_path / "main", videos=5, frames=6, size=(128, 192), seed=3)
+    synthesize(tmp_path / "bright", videos=3, frames=6, size=(128, 192), seed=4, ratio=(5.0, 20.0))
+    cfg = tiny_cfg(tmp_path / "main", **{"data.extra_static": str(tmp_path / "bright")})
+    train_set, _, _, val_loader = build_data(cfg, Dist())
+    extra = [v for v in train_set.videos if str(tmp_path / "bright") in str(v.frames[0])]
+    assert sorted(v.id for v in extra) == ["0001", "0002", "0003"]  # its train, val and test videos
+    assert not any(str(tmp_path / "bright") in str(v.frames[0]) for v in val_loader.dataset.dataset.videos)

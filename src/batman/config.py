@@ -41,6 +41,8 @@ class DataCfg:
                               # validation picks the epoch that keeps its gate shut, blind to camera motion
     extra_dynamic: str = ""   # another data set whose dynamic split trains too (e.g. `batman synth --videos 0
                               # --dynamic 40 --motion pan,rotate,zoom,mixed`: more camera motion)
+    extra_static: str = ""    # another data set whose static videos (every split) train too (e.g. `batman synth
+                              # --ratio 5 50`: scenes brighter than the main set's, where a clean filter must be kept)
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)
@@ -325,7 +327,7 @@ CHECKS: dict[str, Check] = {
     "data.frames": _int(1, 10_000), "data.clips_per_video": _int(1, 100_000), "data.augment": _flag,
     "data.motion": _real(0, 1), "data.motion_speed": _int(0, 1024), "data.train_dynamic": _flag,
     "data.dynamic_repeat": _int(1, 1000), "data.val_dynamic": _int(0, 100_000),
-    "data.extra_dynamic": _text,
+    "data.extra_dynamic": _text, "data.extra_static": _text,
     "data.cache": _text,
     "data.workers": _int(0, 256), "data.max_gain": _real(0, 1e6, above_lo=True), "data.noise_map": _flag,
     "data.white_balance": _flag, "data.colour": _choice("srgb", "camera"), "data.exposure_level": _real(0, 1e3),

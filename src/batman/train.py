@@ -120,7 +120,7 @@ class EpochSampler(Sampler):
 def build_data(cfg: Config, d: Dist):
     from batman.data.cache import open_cache
     from batman.data.dataset import ClipDataset, worker_init_fn
-    from batman.data.drv import load_split
+    from batman.data.drv import SPLITS, load_split
 
     root = cfg.data.root
     if not root:
@@ -138,9 +138,11 @@ def build_data(cfg: Config, d: Dist):
         raise BatmanError(f"data.val_dynamic={cfg.data.val_dynamic}: {root} has {len(moving)} dynamic videos")
     held = len(moving) - cfg.data.val_dynamic
     extra = load_split(cfg.data.extra_dynamic, "dynamic", cfg.data.mode) if cfg.data.extra_dynamic else []
+    extra_still = [v for name in SPLITS for v in load_split(cfg.data.extra_static, name, cfg.data.mode)] \
+        if cfg.data.extra_static else []
     train_moving = ((moving[:held] if cfg.data.train_dynamic else []) + extra) * cfg.data.dynamic_repeat
     still_val = split("val")
-    train_set = dataset(split("train") + train_moving, True)
+    train_set = dataset(split("train") + extra_still + train_moving, True)
     val_set = dataset(still_val + moving[held:], False)
     per_rank = cfg.train.batch * (cfg.train.steps_per_epoch or math.ceil(len(train_set) / (cfg.train.batch * d.world)))
     sampler = EpochSampler(len(train_set), per_rank, cfg.seed, d)
