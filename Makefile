@@ -15,9 +15,12 @@ SET           ?=
 photos        ?= ../shared/images
 pretrain_dir  ?= build/pretrain
 minutes       ?= 95
-# the U-Net baseline's training time: that of the shipped weights' six stages (docs/MODEL_CARD.md)
-unet_minutes  ?= 251
+# the U-Net baseline's training time: that of the shipped weights' nine stages (docs/MODEL_CARD.md)
+unet_minutes  ?= 384
 HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
+# clean real raws (../shared/fixtures): a second held-out set with a real sensor's colour and real scenes
+fixtures      ?= ../shared/fixtures
+RAW_SOURCES   := canon_550d_colorchart.dng kodak_dc50_grbg.kdc
 
 MODEL_ARG := $(if $(model),--model $(model),)
 SET_ARG   := $(if $(SET),--set $(SET),)
@@ -114,10 +117,28 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_s6 --resume auto \
 	    --init $(pretrain_dir)/stage5.safetensors --set train.epochs=25 train.schedule=cosine train.warmup_steps=20 \
 	    train.lr=2e-4 data.frames=12 train.filter_weight=1.0 data.train_dynamic=True $(SET)
-	$(BATMAN) release $(pretrain_dir)/clstm_s6 --out trained_model/batman_default.safetensors
+	$(BATMAN) release $(pretrain_dir)/clstm_s6 --out $(pretrain_dir)/stage6.safetensors
+	@echo "stage 7: the filter's gate sees how far each frame departs from it; a small denoiser after the filter"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_s7 --resume auto \
+	    --init $(pretrain_dir)/stage6.safetensors --set train.epochs=40 train.schedule=cosine train.warmup_steps=20 \
+	    train.lr=2e-4 data.frames=12 train.filter_weight=1.0 data.train_dynamic=True model.gate_evidence=True \
+	    model.denoiser=16 $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_s7 --out $(pretrain_dir)/stage7.safetensors
+	@echo "stage 8: the exact colour pipeline with the file's matrix instead of a learned one"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_s8 --resume auto \
+	    --init $(pretrain_dir)/stage7.safetensors --set train.epochs=25 train.schedule=cosine train.warmup_steps=20 \
+	    train.lr=2e-4 data.frames=12 train.filter_weight=1.0 data.train_dynamic=True model.gate_evidence=True \
+	    model.denoiser=16 model.pipeline=fixed train.patience=10 $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_s8 --out $(pretrain_dir)/stage8.safetensors
+	@echo "stage 9: 7 moving videos validate too (the epoch is chosen on motion as well), moving clips twice"
+	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/clstm_s9 --resume auto \
+	    --init $(pretrain_dir)/stage8.safetensors --set train.epochs=36 train.schedule=cosine train.warmup_steps=20 \
+	    train.lr=1.5e-4 data.frames=12 train.filter_weight=1.0 data.train_dynamic=True model.gate_evidence=True \
+	    model.denoiser=16 model.pipeline=fixed data.val_dynamic=7 data.dynamic_repeat=2 train.patience=12 $(SET)
+	$(BATMAN) release $(pretrain_dir)/clstm_s9 --out trained_model/batman_default.safetensors
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
-	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=300 train.schedule=cosine \
+	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=480 train.schedule=cosine \
 	    train.warmup_steps=50 train.lr=5e-4 data.train_dynamic=True data.val_dynamic=7 $(SET)
 	$(BATMAN) release $(pretrain_dir)/unet_budget --out $(pretrain_dir)/unet.safetensors
 	for split in test dynamic; do \
@@ -127,6 +148,16 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	      --model trained_model/batman_default.safetensors --compare $(pretrain_dir)/unet.safetensors \
 	      --baselines traditional mean bm3d mean-bm3d bm4d \
 	      --videos $$( [ $$split = test ] && echo 0001 0003 || echo M0000 M0001 ) || exit 1; \
+	done
+	mkdir -p $(pretrain_dir)/raws && for f in $(RAW_SOURCES); do ln -sf $(abspath $(fixtures))/$$f $(pretrain_dir)/raws/; done
+	$(BATMAN) synth --out $(pretrain_dir)/heldout_raw --images $(pretrain_dir)/raws --videos 12 --dynamic 6 \
+	    --frames 16 --size 768x768 --seed 19 --test-only
+	$(BATMAN) synth --out $(pretrain_dir)/heldout_raw_camera --images $(pretrain_dir)/raws --videos 0 --dynamic 9 \
+	    --motion pan,rotate,zoom --frames 16 --size 768x768 --seed 23 --test-only
+	for set in heldout_raw:test heldout_raw:dynamic heldout_raw_camera:dynamic; do \
+	  $(BATMAN) evaluate --root $(pretrain_dir)/$${set%:*} --split $${set#*:} --frames 16 \
+	      --out $(pretrain_dir)/eval_$${set%:*}_$${set#*:} --model trained_model/batman_default.safetensors \
+	      --compare $(pretrain_dir)/stage6.safetensors $(pretrain_dir)/unet.safetensors || exit 1; \
 	done
 
 clean:  ## remove caches (keeps .venv, checkpoints and results)
