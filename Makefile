@@ -31,7 +31,7 @@ TRAIN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --rdz
 endif
 
 .PHONY: help install test test_all demo synth download_dataset prepare train_titan train_1080ti train_1080 \
-        train_cpu evaluate export_video bench clean pretrain
+        train_cpu evaluate export_video bench clean pretrain eval_raws
 
 help:  ## list the targets
 	@grep -E '^[a-z_0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -149,6 +149,11 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	      --baselines traditional mean bm3d mean-bm3d bm4d \
 	      --videos $$( [ $$split = test ] && echo 0001 0003 || echo M0000 M0001 ) || exit 1; \
 	done
+	@if [ -d $(fixtures) ]; then $(MAKE) --no-print-directory eval_raws; \
+	else echo "$(fixtures) not found: the held-out sets made from real raws are skipped (make eval_raws fixtures=DIR)"; fi
+
+eval_raws: install  ## evaluate the default weights on held-out videos made from real raws (fixtures=DIR; after pretrain)
+	@for f in $(RAW_SOURCES); do [ -f $(fixtures)/$$f ] || { echo "no $$f in $(fixtures): pass fixtures=DIR"; exit 1; }; done
 	mkdir -p $(pretrain_dir)/raws && for f in $(RAW_SOURCES); do ln -sf $(abspath $(fixtures))/$$f $(pretrain_dir)/raws/; done
 	$(BATMAN) synth --out $(pretrain_dir)/heldout_raw --images $(pretrain_dir)/raws --videos 12 --dynamic 6 \
 	    --frames 16 --size 768x768 --seed 19 --test-only
