@@ -28,11 +28,11 @@ import numpy as np
 
 from batman.config import BatmanError
 from batman.data import motion
-from batman.isp import (SRGB_TO_XYZ, cam_to_srgb_from_xyz, sample_wb, sample_xyz_to_cam, traditional_pipeline,
-                        unprocess)
+from batman.isp import (SRGB_TO_XYZ, cam_to_srgb_from_xyz, demosaic_average, sample_wb, sample_xyz_to_cam,
+                        traditional_pipeline, unprocess)
 from batman.data.noise import CalibratedProfile, NoiseParams, add_sensor_noise, load_camera, sample_noise_params
 from batman.data.drv import ANY_RAW_SUFFIXES
-from batman.data.raw import bin2x2, pack_counts, read_raw, unpack_bayer, write_dng
+from batman.data.raw import bin2x2, pack_bayer, read_raw, unpack_bayer, write_dng
 from batman.files import atomic_path, atomic_write_text
 
 # skimage's bundled colour photos (offline): name -> loader in skimage.data.
@@ -123,7 +123,7 @@ def is_clean_source(path: Path) -> bool:
 
 
 def is_raw_source(source: str | Path) -> bool:
-    return Path(source).suffix.lower() in ANY_RAW_SUFFIXES and str(source) not in SKIMAGE_IMAGES
+    return Path(source).suffix.lower() in ANY_RAW_SUFFIXES
 
 
 def read_clean_image(source: str) -> np.ndarray:
@@ -164,15 +164,10 @@ def render_raw_source(path: str) -> tuple[np.ndarray, RawColour]:
     colour response and a real scene's spectra instead of a photo pushed through another camera's matrix.
     A raw LibRaw has no colour matrix for stays in camera RGB (identity)."""
     frame = read_raw(path)
-    packed = pack_counts(frame.bayer_u16, frame.pattern).astype(np.float32)
-    black = np.asarray(frame.black, dtype=np.float32)[:, None, None]
-    packed = np.clip((packed - black) / (np.float32(frame.white) - black), 0.0, 1.0)
-    r, g1, g2, b = frame.wb
-    g = (g1 + g2) / 2 if g1 > 0 and g2 > 0 else 1.0
-    wb = np.array([r / g, 1.0, b / g]) if min(r, b) > 0 else np.ones(3)
+    packed = np.clip(pack_bayer(frame), 0.0, 1.0)
+    wb = np.asarray(frame.wb, dtype=np.float64)[[0, 1, 3]]  # R, G1, B of the as-shot balance, G1 = 1
     cam_to_srgb = frame.cam_to_srgb if frame.cam_to_srgb is not None else np.eye(3)
-    balanced = np.stack([packed[0], (packed[1] + packed[2]) / 2, packed[3]]) * wb[:, None, None].astype(np.float32)
-    top = float(np.percentile(balanced, 99.5))
+    top = float(np.percentile(demosaic_average(packed) * wb.astype(np.float32), 99.5))
     packed = packed * np.float32(max(1.0, RAW_TOP / top) if top > 0 else 1.0)
     name = frame.model if frame.model.startswith(frame.make) else f"{frame.make} {frame.model}".strip()
     return traditional_pipeline(packed, wb, cam_to_srgb), RawColour(wb, cam_to_srgb, name or Path(path).name)
