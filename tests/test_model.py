@@ -16,7 +16,7 @@ from batman.config import BatmanError, ModelCfg, make_config
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM, ConvLSTMCell
 from batman.model.encoder import Encoder
-from batman.model.net import MODELS, build_model, describe_models, detach_state
+from batman.model.net import MODELS, build_model, describe_models, detach_state, residual_weight
 
 TINY = ModelCfg(hidden=16, fusion=16)
 
@@ -78,10 +78,10 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
                                  tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2),
                                  tiny(name="clstm", encoder_mean=True, pipeline="fixed"),
                                  tiny(name="clstm", gate_evidence=True, denoiser=4, scale=2),
-                                 tiny(name="clstm", state_reset=True)],
+                                 tiny(name="clstm", state_reset=True), tiny(name="clstm", residual_rule=2.0)],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
                               "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed",
-                              "clstm-evidence-denoiser-x2", "clstm-state-reset"])
+                              "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()
@@ -482,6 +482,41 @@ def test_with_base_returns_the_filter_state_through_the_pipeline_and_the_same_ou
         y2, state, base = model(x, with_base=True)
     assert torch.equal(y, y2) and base.shape == y.shape
     assert torch.allclose(base[:, -1], model.head.pipeline(state["head"][0])[..., :40, :56], atol=1e-6)
+
+
+def test_residual_weight_is_the_noise_against_the_level_and_at_most_one():
+    g = torch.Generator().manual_seed(0)
+    scene = torch.tensor([0.1, 0.2, 0.2, 0.15]).view(1, 4, 1, 1).expand(3, 4, 128, 128)
+    sigma = torch.tensor([0.00825, 0.05, 0.0]).view(3, 1, 1, 1)
+    x = scene + sigma * torch.randn(3, 4, 128, 128, generator=g)
+    x[2] = 0.0  # a black frame
+    a = residual_weight(x, 0.1).flatten()
+    assert a.shape == (3,)
+    assert abs(float(a[0]) - 0.5) < 0.025  # 0.00825 / (0.1 x 0.165), from one frame
+    assert float(a[1]) == 1.0 and float(a[2]) == 1.0
+
+
+def test_residual_rule_scales_the_residual_and_nothing_else():
+    torch.manual_seed(0)
+    plain = build_model(tiny(head="recursive"), 4).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ruled = build_model(tiny(head="recursive", residual_rule=2.0), 4).eval()
+    ruled.load_state_dict(plain.state_dict())
+    x = clip(t=3, h=64, w=64) * 0.3
+    with torch.no_grad():
+        y0, _, base = plain(x, with_base=True)
+        y1, _, base1 = ruled(x, with_base=True)
+    a = torch.stack([residual_weight(x[:, t], 2.0) for t in range(3)], 1)
+    assert 0.05 < float(a.min()) and float(a.max()) < 0.95  # the rule acts partly here
+    assert torch.equal(base, base1)
+    assert torch.allclose(y1, base + a * (y0 - base), atol=1e-6)
+
+
+def test_residual_rule_needs_packed_raw_frames():
+    with pytest.raises(BatmanError, match="data.mode=raw"):
+        build_model(tiny(head="recursive", residual_rule=0.1), 3, packed=False)
 
 
 def test_with_base_is_refused_by_heads_without_a_filter():

@@ -44,6 +44,22 @@ def test_release_over_earlier_weights_writes_a_matching_pair(tmp_path):
         assert ckpt.reference_output(model) == sidecar["reference_output"]
 
 
+def test_release_set_changes_settings_that_need_no_training_and_refuses_the_rest(tmp_path, capsys):
+    from batman.cli import main
+    from batman.config import make_config
+    from batman.model.net import model_for
+    cfg = make_config("demo", {"model.hidden": 8, "model.fusion": 8})
+    ckpt.save_checkpoint(tmp_path / "run.pt", {"model": model_for(cfg).state_dict(), "config": cfg.to_json()})
+    out = tmp_path / "w.safetensors"
+    assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", "model.residual_rule=0.08"]) == 0
+    assert ckpt.load_model(out)[1].model.residual_rule == 0.08
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["model"]["residual_rule"] == 0.08
+    before = out.read_bytes()
+    assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", "model.hidden=16"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+    assert out.read_bytes() == before  # refused: the earlier release is intact
+
+
 def test_a_damaged_weights_file_is_refused(tmp_path):
     copy = tmp_path / ckpt.SHIPPED.name
     shutil.copy(ckpt.SHIPPED, copy)

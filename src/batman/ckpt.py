@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from batman.config import BatmanError, Config
+from batman.config import BatmanError, Config, apply_overrides
 from batman.files import atomic_write_bytes
 
 LAST = "last.pt"
@@ -317,9 +317,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None) -> Path:
+def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None,
+                    overrides: dict | None = None) -> Path:
     """Write a checkpoint's weights as float16 safetensors (the config inside as metadata) and a JSON
-    sidecar with the config, the file's sha256 and `card` (training facts); both atomic."""
+    sidecar with the config, the file's sha256 and `card` (training facts); both atomic. `overrides`
+    ({'model.residual_rule': 0.08}) change settings that need no training; weights that no longer fit the
+    changed model are refused."""
     import json
 
     from safetensors.torch import save
@@ -328,7 +331,7 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     from batman.model.net import model_for
     checkpoint, out = Path(checkpoint), Path(out)
     ckpt = load_checkpoint(checkpoint)
-    cfg = checkpoint_config(ckpt, checkpoint)
+    cfg = apply_overrides(checkpoint_config(ckpt, checkpoint), overrides or {})
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
     bad = non_finite(state)
     if bad:

@@ -132,7 +132,7 @@ def cmd_export(args) -> int:
 def cmd_release(args) -> int:
     from batman.ckpt import best_checkpoint, release_weights
     source = args.checkpoint if args.checkpoint.is_file() else best_checkpoint(args.checkpoint)
-    out = release_weights(source, args.out)
+    out = release_weights(source, args.out, overrides=parse_set(args.set))
     print(f"released {source} as {out} (float16, {out.stat().st_size / 1e6:.1f} MB) + {out.with_suffix('.json')}")
     return 0
 
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", type=Path, help="a checkpoint, or a run folder (its best checkpoint)")
     sp.add_argument("--out", type=Path, default=Path("trained_model/batman_default.safetensors"),
                     help="the weights file (a .json sidecar goes beside it)")
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="change settings that need no training, e.g. model.residual_rule=0.08 "
+                         "(weights that no longer fit are refused)")
 
     sp = add("demo", cmd_demo, "synthesise data, train, evaluate and export, no data set needed")
     sp.add_argument("--out", type=Path, default=Path("result/demo"), help="folder for data, runs and results")

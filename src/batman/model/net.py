@@ -165,6 +165,26 @@ def mismatch_stats(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (torch.log(torch.cat([departure, roughness, brightness], 1) + 1e-3) + 3.5) / 2
 
 
+def lower_median(x: torch.Tensor) -> torch.Tensor:
+    """torch.median of each row of (B, N) as TopK, which ONNX has (it has no median)."""
+    return torch.topk(x, (x.shape[1] - 1) // 2 + 1, dim=1, largest=False).values[:, -1]
+
+
+def residual_weight(x: torch.Tensor, c: float) -> torch.Tensor:
+    """min(1, noise / (c x level)) for packed frames x (B, >= 4, H, W) -> (B, 1, 1, 1): how much of the recursive
+    head's residual to add. The noise's std comes from one frame alone, the median absolute deviation of G1 - G2
+    (two samples of one colour a pixel apart: their difference is noise where the scene is smooth, which the
+    median makes most pixels); the level is the frame's mean. Below a signal-to-noise ratio of 1 / c the residual
+    is needed whole; above it the filter alone is cleaner (docs/RESULTS.md, seventh session). Exported with
+    --tile, each tile measures its own (a brighter tile gets less residual; the blend ramps join them)."""
+    x = x.float()
+    d = (x[:, 1] - x[:, 2]).flatten(1)
+    sigma = lower_median((d - lower_median(d)[:, None]).abs()) / (0.6745 * 2 ** 0.5)
+    level = x[:, :4].mean((1, 2, 3))
+    ratio = sigma / (c * level.clamp_min(1e-6))
+    return torch.where(level > 1e-6, ratio, torch.ones_like(ratio)).clamp(max=1.0).view(-1, 1, 1, 1)  # black: whole
+
+
 def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """`mismatch_stats` on the input grid (B, 3, H, W): constant-ish over 4x4 blocks."""
     return F.interpolate(mismatch_stats(x, m), scale_factor=4, mode="bilinear", align_corners=False)
@@ -185,6 +205,8 @@ class RecursiveHead(nn.Module):
     (TraditionalCurve, exact for synth's linear-sRGB input and truths): Adam moves every parameter by about
     lr per step whatever its gradient, and the shipped weights' matrix had
     wandered to rows summing to 1.27 that the residual then had to undo.
+    With cfg.residual_rule = C the residual is scaled by `residual_weight` (min(1, noise / (C x level)) of
+    the frame): set when releasing trained weights, it needs no training.
     """
 
     def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
@@ -206,6 +228,10 @@ class RecursiveHead(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.gate.bias, -6.0)
+        if cfg.residual_rule and not packed:
+            raise BatmanError("model.residual_rule reads the noise from the G1 - G2 difference of packed raw "
+                              "frames: it needs data.mode=raw")
+        self.residual_rule = cfg.residual_rule
         fixed = cfg.pipeline == "fixed"
         self.colour = None if fixed else nn.Parameter(torch.eye(3))
         self.curve = TraditionalCurve() if fixed else ToneCurve()
@@ -259,7 +285,10 @@ class RecursiveHead(nn.Module):
         correction = self.residual[1:-1](conv_of_concat(self.residual[0], [hidden, base]))
         if self.denoiser is not None:
             correction = correction + self.denoiser([hidden, base])
-        return base_out + self.residual[-1](correction), m, base_out
+        residual = self.residual[-1](correction)
+        if self.residual_rule:
+            residual = residual * residual_weight(x, self.residual_rule).to(residual.dtype)
+        return base_out + residual, m, base_out
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
