@@ -17,6 +17,9 @@ pretrain_dir  ?= build/pretrain
 minutes       ?= 95
 # the U-Net baseline's training time: that of the shipped weights' nine stages (docs/MODEL_CARD.md)
 unet_minutes  ?= 384
+# C of model.residual_rule set on the released weights: the largest that costs the dark training-side videos
+# nothing (scripts/residual_weight.py on train_data val/dynamic and bright_train; docs/RESULTS.md, seventh session)
+residual_rule ?= 0.06
 HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
 # clean real raws (../shared/fixtures): a second held-out set with a real sensor's colour and real scenes
 fixtures      ?= ../shared/fixtures
@@ -135,7 +138,8 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	    --init $(pretrain_dir)/stage8.safetensors --set train.epochs=36 train.schedule=cosine train.warmup_steps=20 \
 	    train.lr=1.5e-4 data.frames=12 train.filter_weight=1.0 data.train_dynamic=True model.gate_evidence=True \
 	    model.denoiser=16 model.pipeline=fixed data.val_dynamic=7 data.dynamic_repeat=2 train.patience=12 $(SET)
-	$(BATMAN) release $(pretrain_dir)/clstm_s9 --out trained_model/batman_default.safetensors
+	$(BATMAN) release $(pretrain_dir)/clstm_s9 --out trained_model/batman_default.safetensors \
+	    --set model.residual_rule=$(residual_rule)
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=480 train.schedule=cosine \
