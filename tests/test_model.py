@@ -16,7 +16,8 @@ from batman.config import BatmanError, ModelCfg, make_config
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM, ConvLSTMCell
 from batman.model.encoder import Encoder
-from batman.model.net import MODELS, build_model, describe_models, detach_state, residual_weight
+from batman.model.net import (MODELS, build_model, describe_models, detach_state, residual_cap_weight,
+                              residual_weight)
 
 TINY = ModelCfg(hidden=16, fusion=16)
 
@@ -78,10 +79,10 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
                                  tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2),
                                  tiny(name="clstm", encoder_mean=True, pipeline="fixed"),
                                  tiny(name="clstm", gate_evidence=True, denoiser=4, scale=2),
-                                 tiny(name="clstm", state_reset=True), tiny(name="clstm", residual_rule=2.0)],
+                                 tiny(name="clstm", state_reset=True), tiny(name="clstm", residual_rule=2.0, residual_cap=0.5)],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
                               "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed",
-                              "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule"])
+                              "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule-cap"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()
@@ -514,9 +515,36 @@ def test_residual_rule_scales_the_residual_and_nothing_else():
     assert torch.allclose(y1, base + a * (y0 - base), atol=1e-6)
 
 
-def test_residual_rule_needs_packed_raw_frames():
-    with pytest.raises(BatmanError, match="data.mode=raw"):
-        build_model(tiny(head="recursive", residual_rule=0.1), 3, packed=False)
+def test_residual_rule_and_cap_need_packed_raw_frames():
+    for kw in ({"residual_rule": 0.1}, {"residual_cap": 1.0}):
+        with pytest.raises(BatmanError, match="data.mode=raw"):
+            build_model(tiny(head="recursive", **kw), 3, packed=False)
+
+
+def test_residual_cap_weight_allows_cap_times_the_held_noise():
+    g = torch.Generator().manual_seed(0)
+    held = torch.full((2, 3, 32, 32), 0.01)
+    residual = torch.randn(2, 3, 32, 32, generator=g) * torch.tensor([0.04, 0.005]).view(2, 1, 1, 1) + 0.3
+    a = residual_cap_weight(residual, held, 2.0).flatten()
+    assert abs(float(a[0]) - 0.5) < 0.02 and float(a[1]) == 1.0  # 2 x 0.01 of 0.04 allowed; 0.005 is within
+
+
+def test_residual_cap_scales_each_frames_residual_by_one_factor():
+    torch.manual_seed(0)
+    plain = build_model(tiny(head="recursive"), 4).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    capped = build_model(tiny(head="recursive", residual_cap=0.5), 4).eval()
+    capped.load_state_dict(plain.state_dict())
+    x = clip(t=3, h=64, w=64) * 0.3
+    with torch.no_grad():
+        y0, _, base = plain(x, with_base=True)
+        y1, _, _ = capped(x, with_base=True)
+    ratio = (y1 - base) / (y0 - base)
+    for t in range(3):
+        a = ratio[:, t][(y0 - base)[:, t].abs() > 1e-4]
+        assert 0.0 < float(a.min()) <= float(a.max()) <= 1.0 + 1e-5 and float(a.max() - a.min()) < 1e-3
 
 
 def test_with_base_is_refused_by_heads_without_a_filter():

@@ -99,6 +99,9 @@ class ModelCfg:
     residual_rule: float = 0.0  # recursive head: scale its residual by min(1, noise / (C x level)) per frame, the
                               # noise from the frame's G1 - G2 difference (net.residual_weight; 0: off): on bright,
                               # barely noisy frames the residual "denoises" detail the filter already has clean
+    residual_cap: float = 0.0 # recursive head: scale its residual down where its std exceeds K x the noise the filter
+                              # state can still hold, per frame (net.residual_cap_weight; 0: off): on scenes unlike
+                              # the training photos the residual invents more than the noise it could remove
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,7 @@ CHECKS: dict[str, Check] = {
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
     "model.encoder_mean": _flag, "model.gate_evidence": _flag,
     "model.denoiser": _int(0, 256), "model.state_reset": _flag, "model.residual_rule": _real(0, 1e3),
+    "model.residual_cap": _real(0, 1e3),
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6),

@@ -170,19 +170,33 @@ def lower_median(x: torch.Tensor) -> torch.Tensor:
     return torch.topk(x, (x.shape[1] - 1) // 2 + 1, dim=1, largest=False).values[:, -1]
 
 
+def frame_noise(x: torch.Tensor) -> torch.Tensor:
+    """The noise's std of packed frames x (B, >= 4, H, W) -> (B,), from one frame alone: the median absolute
+    deviation of G1 - G2 (two samples of one colour a pixel apart: their difference is noise where the scene is
+    smooth, which the median makes most pixels)."""
+    d = (x[:, 1] - x[:, 2]).float().flatten(1)
+    return lower_median((d - lower_median(d)[:, None]).abs()) / (0.6745 * 2 ** 0.5)
+
+
 def residual_weight(x: torch.Tensor, c: float) -> torch.Tensor:
     """min(1, noise / (c x level)) for packed frames x (B, >= 4, H, W) -> (B, 1, 1, 1): how much of the recursive
-    head's residual to add. The noise's std comes from one frame alone, the median absolute deviation of G1 - G2
-    (two samples of one colour a pixel apart: their difference is noise where the scene is smooth, which the
-    median makes most pixels); the level is the frame's mean. Below a signal-to-noise ratio of 1 / c the residual
+    head's residual to add; the level is the frame's mean. Below a signal-to-noise ratio of 1 / c the residual
     is needed whole; above it the filter alone is cleaner (docs/RESULTS.md, seventh session). Exported with
     --tile, each tile measures its own (a brighter tile gets less residual; the blend ramps join them)."""
-    x = x.float()
-    d = (x[:, 1] - x[:, 2]).flatten(1)
-    sigma = lower_median((d - lower_median(d)[:, None]).abs()) / (0.6745 * 2 ** 0.5)
-    level = x[:, :4].mean((1, 2, 3))
+    sigma = frame_noise(x)
+    level = x[:, :4].float().mean((1, 2, 3))
     ratio = sigma / (c * level.clamp_min(1e-6))
     return torch.where(level > 1e-6, ratio, torch.ones_like(ratio)).clamp(max=1.0).view(-1, 1, 1, 1)  # black: whole
+
+
+def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(1, cap x rms(held) / std(residual)) per frame -> (B, 1, 1, 1): `held` (B, 3, H, W) is the noise the
+    filter state still holds, in output units. A residual that removes noise is about that size; one several
+    times larger is inventing detail (on held-out real raws: 2-3x, on the training photos about 1x)."""
+    r = residual.float().flatten(1)
+    spread = (r - r.mean(1, keepdim=True)).pow(2).mean(1).sqrt()
+    allowed = cap * held.float().flatten(1).pow(2).mean(1).sqrt()
+    return (allowed / spread.clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
 
 
 def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -231,7 +245,10 @@ class RecursiveHead(nn.Module):
         if cfg.residual_rule and not packed:
             raise BatmanError("model.residual_rule reads the noise from the G1 - G2 difference of packed raw "
                               "frames: it needs data.mode=raw")
-        self.residual_rule = cfg.residual_rule
+        if cfg.residual_cap and not packed:
+            raise BatmanError("model.residual_cap reads the noise from the G1 - G2 difference of packed raw "
+                              "frames: it needs data.mode=raw")
+        self.residual_rule, self.residual_cap = cfg.residual_rule, cfg.residual_cap
         fixed = cfg.pipeline == "fixed"
         self.colour = None if fixed else nn.Parameter(torch.eye(3))
         self.curve = TraditionalCurve() if fixed else ToneCurve()
@@ -288,7 +305,17 @@ class RecursiveHead(nn.Module):
         residual = self.residual[-1](correction)
         if self.residual_rule:
             residual = residual * residual_weight(x, self.residual_rule).to(residual.dtype)
+        if self.residual_cap:
+            residual = residual * residual_cap_weight(residual, self.held_noise(x, m, k), self.residual_cap)
         return base_out + residual, m, base_out
+
+    def held_noise(self, x, m, k) -> torch.Tensor:
+        """The noise the filter state m still holds, through the pipeline (B, 3, H, W): the frame's noise std
+        times sqrt(k) (exact for a running mean, k = 1/t; within sqrt(2) for a steady open gate), times the
+        pipeline's slope at m (its gamma amplifies noise in the dark)."""
+        h = 1e-3
+        slope = (self.pipeline(m + h) - self.pipeline(m - h)) / (2 * h)
+        return slope * k.sqrt() * frame_noise(x).view(-1, 1, 1, 1)
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
