@@ -20,6 +20,8 @@ unet_minutes  ?= 384
 # C of model.residual_rule set on the released weights: the largest that costs the dark training-side videos
 # nothing (scripts/residual_weight.py on train_data val/dynamic and bright_train; docs/RESULTS.md, seventh session)
 residual_rule ?= 0.06
+# K of model.residual_cap set on them: the smallest K that costs those dark videos nothing (same script, --caps)
+residual_cap  ?= 1.5
 HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
 # clean real raws (../shared/fixtures): a second held-out set with a real sensor's colour and real scenes
 fixtures      ?= ../shared/fixtures
@@ -139,7 +141,7 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	    train.lr=1.5e-4 data.frames=12 train.filter_weight=1.0 data.train_dynamic=True model.gate_evidence=True \
 	    model.denoiser=16 model.pipeline=fixed data.val_dynamic=7 data.dynamic_repeat=2 train.patience=12 $(SET)
 	$(BATMAN) release $(pretrain_dir)/clstm_s9 --out trained_model/batman_default.safetensors \
-	    --set model.residual_rule=$(residual_rule)
+	    --set model.residual_rule=$(residual_rule) model.residual_cap=$(residual_cap)
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=480 train.schedule=cosine \

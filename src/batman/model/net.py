@@ -192,7 +192,7 @@ def residual_weight(x: torch.Tensor, c: float) -> torch.Tensor:
 def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) -> torch.Tensor:
     """min(1, cap x rms(held) / std(residual)) per frame -> (B, 1, 1, 1): `held` (B, 3, H, W) is the noise the
     filter state still holds, in output units. A residual that removes noise is about that size; one several
-    times larger is inventing detail (on held-out real raws: 2-3x, on the training photos about 1x)."""
+    times larger is inventing detail (on held-out real raws: 1.5-3x, on the training photos about 1x)."""
     r = residual.float().flatten(1)
     spread = (r - r.mean(1, keepdim=True)).pow(2).mean(1).sqrt()
     allowed = cap * held.float().flatten(1).pow(2).mean(1).sqrt()
