@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from batman.ckpt import load_model
 from batman.data.dataset import ClipDataset
 from batman.data.drv import load_split
-from batman.model.net import residual_weight
+from batman.model.residual import residual_weight
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

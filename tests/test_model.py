@@ -16,8 +16,8 @@ from batman.config import BatmanError, ModelCfg, make_config
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM, ConvLSTMCell
 from batman.model.encoder import Encoder
-from batman.model.net import (MODELS, build_model, describe_models, detach_state, residual_cap_weight,
-                              residual_weight)
+from batman.model.net import MODELS, build_model, describe_models, detach_state
+from batman.model.residual import residual_cap_weight, residual_weight
 
 TINY = ModelCfg(hidden=16, fusion=16)
 
@@ -79,10 +79,11 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
                                  tiny(name="clstm", head="recursive"), tiny(name="conv3d", head="recursive", scale=2),
                                  tiny(name="clstm", encoder_mean=True, pipeline="fixed"),
                                  tiny(name="clstm", gate_evidence=True, denoiser=4, scale=2),
-                                 tiny(name="clstm", state_reset=True), tiny(name="clstm", residual_rule=2.0, residual_cap=0.5)],
+                                 tiny(name="clstm", state_reset=True),
+                                 tiny(name="clstm", residual_rule=2.0, residual_cap=0.5, scale=2)],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
                               "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed",
-                              "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule-cap"])
+                              "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule-cap-x2"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()

@@ -97,10 +97,10 @@ class ModelCfg:
                               # filter pulled towards the frame where the frame departs from the filter state
                               # (net.StateReset): forgets on camera motion
     residual_rule: float = 0.0  # recursive head: scale its residual by min(1, noise / (C x level)) per frame, the
-                              # noise from the frame's G1 - G2 difference (net.residual_weight; 0: off): on bright,
+                              # noise from the frame's G1 - G2 difference (model/residual.py; 0: off): on bright,
                               # barely noisy frames the residual "denoises" detail the filter already has clean
     residual_cap: float = 0.0 # recursive head: scale its residual down where its std exceeds K x the noise the filter
-                              # state can still hold, per frame (net.residual_cap_weight; 0: off): on scenes unlike
+                              # state can still hold, per frame (model/residual.py; 0: off): on scenes unlike
                               # the training photos the residual invents more than the noise it could remove
 
 

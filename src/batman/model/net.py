@@ -29,6 +29,7 @@ from batman.model.denoiser import BaseDenoiser
 from batman.model.encoder import Encoder
 from batman.model.fusion import MFF, conv_of_concat, upsample
 from batman.model.lite import LiteEncoder
+from batman.model.residual import frame_noise, residual_cap_weight, residual_weight
 from batman.model.unet import SIDUNet
 
 PAD_MULTIPLE = 32  # the encoder's deepest stride
@@ -165,40 +166,6 @@ def mismatch_stats(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (torch.log(torch.cat([departure, roughness, brightness], 1) + 1e-3) + 3.5) / 2
 
 
-def lower_median(x: torch.Tensor) -> torch.Tensor:
-    """torch.median of each row of (B, N) as TopK, which ONNX has (it has no median)."""
-    return torch.topk(x, (x.shape[1] - 1) // 2 + 1, dim=1, largest=False).values[:, -1]
-
-
-def frame_noise(x: torch.Tensor) -> torch.Tensor:
-    """The noise's std of packed frames x (B, >= 4, H, W) -> (B,), from one frame alone: the median absolute
-    deviation of G1 - G2 (two samples of one colour a pixel apart: their difference is noise where the scene is
-    smooth, which the median makes most pixels)."""
-    d = (x[:, 1] - x[:, 2]).float().flatten(1)
-    return lower_median((d - lower_median(d)[:, None]).abs()) / (0.6745 * 2 ** 0.5)
-
-
-def residual_weight(x: torch.Tensor, c: float) -> torch.Tensor:
-    """min(1, noise / (c x level)) for packed frames x (B, >= 4, H, W) -> (B, 1, 1, 1): how much of the recursive
-    head's residual to add; the level is the frame's mean. Below a signal-to-noise ratio of 1 / c the residual
-    is needed whole; above it the filter alone is cleaner (docs/RESULTS.md, seventh session). Exported with
-    --tile, each tile measures its own (a brighter tile gets less residual; the blend ramps join them)."""
-    sigma = frame_noise(x)
-    level = x[:, :4].float().mean((1, 2, 3))
-    ratio = sigma / (c * level.clamp_min(1e-6))
-    return torch.where(level > 1e-6, ratio, torch.ones_like(ratio)).clamp(max=1.0).view(-1, 1, 1, 1)  # black: whole
-
-
-def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) -> torch.Tensor:
-    """min(1, cap x rms(held) / std(residual)) per frame -> (B, 1, 1, 1): `held` (B, 3, H, W) is the noise the
-    filter state still holds, in output units. A residual that removes noise is about that size; one several
-    times larger is inventing detail (on held-out real raws: 1.5-3x, on the training photos about 1x)."""
-    r = residual.float().flatten(1)
-    spread = (r - r.mean(1, keepdim=True)).pow(2).mean(1).sqrt()
-    allowed = cap * held.float().flatten(1).pow(2).mean(1).sqrt()
-    return (allowed / spread.clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
-
-
 def mismatch_evidence(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """`mismatch_stats` on the input grid (B, 3, H, W): constant-ish over 4x4 blocks."""
     return F.interpolate(mismatch_stats(x, m), scale_factor=4, mode="bilinear", align_corners=False)
@@ -220,7 +187,8 @@ class RecursiveHead(nn.Module):
     lr per step whatever its gradient, and the shipped weights' matrix had
     wandered to rows summing to 1.27 that the residual then had to undo.
     With cfg.residual_rule = C the residual is scaled by `residual_weight` (min(1, noise / (C x level)) of
-    the frame): set when releasing trained weights, it needs no training.
+    the frame), with cfg.residual_cap = K held to K x the noise the filter state still holds
+    (`residual_cap_weight`, model/residual.py): set when releasing trained weights, they need no training.
     """
 
     def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):

@@ -1,0 +1,45 @@
+"""How much of the recursive head's residual to add (model.residual_rule, model.residual_cap).
+
+The recursive head outputs its filter state through the camera pipeline plus a learned residual. Trained on dark
+photo-made videos, that residual fails in two ways the network cannot see itself (docs/MODEL_CARD.md, "The
+residual's weight"): on bright, barely noisy frames it "denoises" detail the filter already has clean, and on
+scenes unlike the training photos it invents detail at 1.5-3x the noise it could remove. Both weights here are
+measured from the frame itself, need no training, and are exported to ONNX (TopK stands in for the median).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def lower_median(x: torch.Tensor) -> torch.Tensor:
+    """torch.median of each row of (B, N) as TopK, which ONNX has (it has no median)."""
+    return torch.topk(x, (x.shape[1] - 1) // 2 + 1, dim=1, largest=False).values[:, -1]
+
+
+def frame_noise(x: torch.Tensor) -> torch.Tensor:
+    """The noise's std of packed frames x (B, >= 4, H, W) -> (B,), from one frame alone: the median absolute
+    deviation of G1 - G2 (two samples of one colour a pixel apart: their difference is noise where the scene is
+    smooth, which the median makes most pixels)."""
+    d = (x[:, 1] - x[:, 2]).float().flatten(1)
+    return lower_median((d - lower_median(d)[:, None]).abs()) / (0.6745 * 2 ** 0.5)
+
+
+def residual_weight(x: torch.Tensor, c: float) -> torch.Tensor:
+    """min(1, noise / (c x level)) for packed frames x (B, >= 4, H, W) -> (B, 1, 1, 1): how much of the recursive
+    head's residual to add; the level is the frame's mean. Below a signal-to-noise ratio of 1 / c the residual
+    is needed whole; above it the filter alone is cleaner (docs/RESULTS.md, seventh session). Exported with
+    --tile, each tile measures its own (a brighter tile gets less residual; the blend ramps join them)."""
+    sigma = frame_noise(x)
+    level = x[:, :4].float().mean((1, 2, 3))
+    ratio = sigma / (c * level.clamp_min(1e-6))
+    return torch.where(level > 1e-6, ratio, torch.ones_like(ratio)).clamp(max=1.0).view(-1, 1, 1, 1)  # black: whole
+
+
+def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(1, cap x rms(held) / std(residual)) per frame -> (B, 1, 1, 1): `held` (B, 3, H, W) is the noise the
+    filter state still holds, in output units. A residual that removes noise is about that size; one several
+    times larger is inventing detail (on held-out real raws: 1.5-3x, on the training photos about 1x)."""
+    r = residual.float().flatten(1)
+    spread = (r - r.mean(1, keepdim=True)).pow(2).mean(1).sqrt()
+    allowed = cap * held.float().flatten(1).pow(2).mean(1).sqrt()
+    return (allowed / spread.clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
