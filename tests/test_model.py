@@ -498,21 +498,27 @@ def test_residual_weight_is_the_noise_against_the_level_and_at_most_one():
     assert float(a[1]) == 1.0 and float(a[2]) == 1.0
 
 
-def test_residual_rule_scales_the_residual_and_nothing_else():
+def with_and_without(**weighting):
+    """A perturbed recursive model's output, base and input, and the same weights' output with `weighting`."""
     torch.manual_seed(0)
     plain = build_model(tiny(head="recursive"), 4).eval()
     with torch.no_grad():
         for p in plain.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    ruled = build_model(tiny(head="recursive", residual_rule=2.0), 4).eval()
-    ruled.load_state_dict(plain.state_dict())
+    weighted = build_model(tiny(head="recursive", **weighting), 4).eval()
+    weighted.load_state_dict(plain.state_dict())
     x = clip(t=3, h=64, w=64) * 0.3
     with torch.no_grad():
         y0, _, base = plain(x, with_base=True)
-        y1, _, base1 = ruled(x, with_base=True)
+        y1, _, base1 = weighted(x, with_base=True)
+    assert torch.equal(base, base1)  # the filter and the pipeline are untouched
+    return x, y0, base, y1
+
+
+def test_residual_rule_scales_the_residual_and_nothing_else():
+    x, y0, base, y1 = with_and_without(residual_rule=2.0)
     a = torch.stack([residual_weight(x[:, t], 2.0) for t in range(3)], 1)
     assert 0.05 < float(a.min()) and float(a.max()) < 0.95  # the rule acts partly here
-    assert torch.equal(base, base1)
     assert torch.allclose(y1, base + a * (y0 - base), atol=1e-6)
 
 
@@ -531,17 +537,7 @@ def test_residual_cap_weight_allows_cap_times_the_held_noise():
 
 
 def test_residual_cap_scales_each_frames_residual_by_one_factor():
-    torch.manual_seed(0)
-    plain = build_model(tiny(head="recursive"), 4).eval()
-    with torch.no_grad():
-        for p in plain.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    capped = build_model(tiny(head="recursive", residual_cap=0.5), 4).eval()
-    capped.load_state_dict(plain.state_dict())
-    x = clip(t=3, h=64, w=64) * 0.3
-    with torch.no_grad():
-        y0, _, base = plain(x, with_base=True)
-        y1, _, _ = capped(x, with_base=True)
+    _, y0, base, y1 = with_and_without(residual_cap=0.5)
     ratio = (y1 - base) / (y0 - base)
     for t in range(3):
         a = ratio[:, t][(y0 - base)[:, t].abs() > 1e-4]
