@@ -9,9 +9,9 @@ The recursive head outputs its filter state rendered through the pipeline ("base
 a = 1 is the model as it is; a = 0 the filter alone. Per video and on average, PSNR over the first `frames`
 frames of each video's full input grid. Where the best a is far from 1, the residual does harm (bright,
 barely noisy scenes: docs/RESULTS.md, 2026-12-03). The last columns are model.residual_rule = C, each frame's
-a = min(1, noise / (C x level)) from that frame alone (net.residual_weight), one column per C given; the
+a = min(1, noise / (C x level)) from that frame alone (batman.model.residual.residual_weight), one column per C given; the
 model's own residual_rule and residual_cap are set to 0 to measure them. With --caps, further columns run the model
-with model.residual_rule = --cap-rule and model.residual_cap = K (net.residual_cap_weight), one per K.
+with model.residual_rule = --cap-rule and model.residual_cap = K (batman.model.residual.residual_cap_weight), one per K.
 """
 from __future__ import annotations
 

@@ -53,10 +53,13 @@ def test_release_set_changes_settings_that_need_no_training_and_refuses_the_rest
     out = tmp_path / "w.safetensors"
     assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", "model.residual_rule=0.08"]) == 0
     assert ckpt.load_model(out)[1].model.residual_rule == 0.08
-    assert json.loads(out.with_suffix(".json").read_text())["config"]["model"]["residual_rule"] == 0.08
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["config"]["model"]["residual_rule"] == 0.08
+    assert sidecar["release_overrides"] == {"model.residual_rule": 0.08}
     before = out.read_bytes()
-    assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", "model.hidden=16"]) == 2
-    assert "does not fit this model" in capsys.readouterr().err
+    for key in ("model.hidden=16", "model.norm=frozen", "data.bin=1"):  # a trained setting, fitting or not
+        assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", key]) == 2
+        assert "only settings that need no training" in capsys.readouterr().err
     assert out.read_bytes() == before  # refused: the earlier release is intact
 
 

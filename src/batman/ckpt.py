@@ -317,12 +317,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "data.exposure_level")  # need no training
+
+
 def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None,
                     overrides: dict | None = None) -> Path:
     """Write a checkpoint's weights as float16 safetensors (the config inside as metadata) and a JSON
     sidecar with the config, the file's sha256 and `card` (training facts); both atomic. `overrides`
-    ({'model.residual_rule': 0.08}) change settings that need no training; weights that no longer fit the
-    changed model are refused."""
+    ({'model.residual_rule': 0.06}) change settings that need no training (RELEASE_KEYS only: any other would
+    describe weights that were not trained so); the sidecar lists them."""
     import json
 
     from safetensors.torch import save
@@ -331,7 +334,12 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     from batman.model.net import model_for
     checkpoint, out = Path(checkpoint), Path(out)
     ckpt = load_checkpoint(checkpoint)
-    cfg = apply_overrides(checkpoint_config(ckpt, checkpoint), overrides or {})
+    overrides = overrides or {}
+    refused = [key for key in overrides if key not in RELEASE_KEYS]
+    if refused:
+        raise BatmanError(f"release --set {refused[0]}: only settings that need no training can change at release "
+                          f"({', '.join(RELEASE_KEYS)}); train or fine-tune for the others")
+    cfg = apply_overrides(checkpoint_config(ckpt, checkpoint), overrides)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
     bad = non_finite(state)
     if bad:
@@ -341,7 +349,8 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     atomic_write_bytes(out, save(state, metadata={"format": WEIGHTS_FORMAT, "config": cfg.to_json()}))
     sidecar = {"weights": out.name, "sha256": sha256_of(out), "format": WEIGHTS_FORMAT, "source": str(checkpoint),
                "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "commit": ckpt.get("commit"),
-               "reference_output": reference_output(model), "config": cfg.to_dict(), **(card or {})}
+               "reference_output": reference_output(model), "config": cfg.to_dict(),
+               **({"release_overrides": overrides} if overrides else {}), **(card or {})}
     atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return out
 

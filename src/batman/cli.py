@@ -294,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=Path("trained_model/batman_default.safetensors"),
                     help="the weights file (a .json sidecar goes beside it)")
     sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="change settings that need no training, e.g. model.residual_rule=0.08 "
-                         "(weights that no longer fit are refused)")
+                    help="change settings that need no training: model.residual_rule, model.residual_cap, "
+                         "data.exposure_level (e.g. model.residual_rule=0.06)")
 
     sp = add("demo", cmd_demo, "synthesise data, train, evaluate and export, no data set needed")
     sp.add_argument("--out", type=Path, default=Path("result/demo"), help="folder for data, runs and results")

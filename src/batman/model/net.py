@@ -210,12 +210,10 @@ class RecursiveHead(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.gate.bias, -6.0)
-        if cfg.residual_rule and not packed:
-            raise BatmanError("model.residual_rule reads the noise from the G1 - G2 difference of packed raw "
-                              "frames: it needs data.mode=raw")
-        if cfg.residual_cap and not packed:
-            raise BatmanError("model.residual_cap reads the noise from the G1 - G2 difference of packed raw "
-                              "frames: it needs data.mode=raw")
+        for key, value in (("residual_rule", cfg.residual_rule), ("residual_cap", cfg.residual_cap)):
+            if value and not packed:
+                raise BatmanError(f"model.{key} reads the noise from the G1 - G2 difference of packed raw "
+                                  "frames: it needs data.mode=raw")
         self.residual_rule, self.residual_cap = cfg.residual_rule, cfg.residual_cap
         fixed = cfg.pipeline == "fixed"
         self.colour = None if fixed else nn.Parameter(torch.eye(3))
@@ -271,19 +269,32 @@ class RecursiveHead(nn.Module):
         if self.denoiser is not None:
             correction = correction + self.denoiser([hidden, base])
         residual = self.residual[-1](correction)
-        if self.residual_rule:
-            residual = residual * residual_weight(x, self.residual_rule).to(residual.dtype)
-        if self.residual_cap:
-            residual = residual * residual_cap_weight(residual, self.held_noise(x, m, k), self.residual_cap)
+        if self.residual_rule or self.residual_cap:
+            residual = residual * self.residual_scale(residual, x, m, k).to(residual.dtype)
         return base_out + residual, m, base_out
 
-    def held_noise(self, x, m, k) -> torch.Tensor:
-        """The noise the filter state m still holds, through the pipeline (B, 3, H, W): the frame's noise std
-        times sqrt(k) (exact for a running mean, k = 1/t; within sqrt(2) for a steady open gate), times the
-        pipeline's slope at m (its gamma amplifies noise in the dark)."""
+    def residual_scale(self, residual, x, m, k) -> torch.Tensor:
+        """(B, 1, 1, 1): the noise rule's weight times the cap's (model/residual.py), the frame's noise measured
+        once for both."""
+        sigma = frame_noise(x)
+        scale = torch.ones_like(sigma).view(-1, 1, 1, 1)
+        if self.residual_rule:
+            scale = residual_weight(x, self.residual_rule, sigma)
+        if self.residual_cap:
+            scale = scale * residual_cap_weight(residual * scale, self.held_noise(m, k, sigma), self.residual_cap)
+        return scale
+
+    def held_noise(self, m, k, sigma) -> torch.Tensor:
+        """The noise the filter state m still holds, through the pipeline, on the input grid (B, 3, H, W): the
+        frame's noise std `sigma` (B,) times sqrt(k) (exact for a running mean, k = 1/t; within sqrt(2) for a
+        steady open gate) times the pipeline's slope at m (its gamma amplifies noise in the dark). An estimate:
+        the green of camera RGB averages two samples (sqrt(2) less noise than sigma), and a learned colour matrix
+        adds its rows' slopes. The slope in float32 outside autocast: a bf16 difference over 1e-3 is rounding."""
         h = 1e-3
-        slope = (self.pipeline(m + h) - self.pipeline(m - h)) / (2 * h)
-        return slope * k.sqrt() * frame_noise(x).view(-1, 1, 1, 1)
+        with torch.autocast(m.device.type, enabled=False):
+            m = m.float()
+            slope = (self.pipeline(m + h) - self.pipeline(m - h)) / (2 * h)
+        return slope * k.float().sqrt() * sigma.view(-1, 1, 1, 1)
 
 
 HEADS = {"shuffle": ShuffleHead, "skip": SkipHead, "recursive": RecursiveHead}
@@ -497,6 +508,9 @@ def build_model(cfg: ModelCfg, in_channels: int, packed: bool = True) -> nn.Modu
         raise BatmanError(f"unknown model.name {cfg.name!r}; choose one of {', '.join(MODELS)}")
     if cfg.scale < 1:
         raise BatmanError(f"model.scale must be a positive integer (1 or 2), got {cfg.scale}")
+    if (cfg.residual_rule or cfg.residual_cap) and (cfg.name == "unet" or cfg.head != "recursive"):
+        raise BatmanError("model.residual_rule and model.residual_cap weigh the recursive head's residual: they "
+                          "need model.head=recursive (and not model.name=unet)")
     return MODELS[cfg.name](cfg, in_channels, packed)
 
 

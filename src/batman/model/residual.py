@@ -24,22 +24,28 @@ def frame_noise(x: torch.Tensor) -> torch.Tensor:
     return lower_median((d - lower_median(d)[:, None]).abs()) / (0.6745 * 2 ** 0.5)
 
 
-def residual_weight(x: torch.Tensor, c: float) -> torch.Tensor:
+def residual_weight(x: torch.Tensor, c: float, sigma: torch.Tensor | None = None) -> torch.Tensor:
     """min(1, noise / (c x level)) for packed frames x (B, >= 4, H, W) -> (B, 1, 1, 1): how much of the recursive
-    head's residual to add; the level is the frame's mean. Below a signal-to-noise ratio of 1 / c the residual
-    is needed whole; above it the filter alone is cleaner (docs/RESULTS.md, seventh session). Exported with
-    --tile, each tile measures its own (a brighter tile gets less residual; the blend ramps join them)."""
-    sigma = frame_noise(x)
+    head's residual to add; the level is the frame's mean, `sigma` its `frame_noise` (measured when not given).
+    Below a signal-to-noise ratio of 1 / c the residual is needed whole; above it the filter alone is cleaner
+    (docs/RESULTS.md, seventh session). A black frame, or one whose noise reads zero (whole DN steps with a read
+    noise under half a step make most of G1 - G2 exactly 0), keeps the whole residual: no measure, no change.
+    The statistics include the padding to a multiple of 32 (under 3% of DRV's frames); with --tile each tile
+    measures its own (a brighter tile gets less residual; the blend ramps join them)."""
+    sigma = frame_noise(x) if sigma is None else sigma
     level = x[:, :4].float().mean((1, 2, 3))
     ratio = sigma / (c * level.clamp_min(1e-6))
-    return torch.where(level > 1e-6, ratio, torch.ones_like(ratio)).clamp(max=1.0).view(-1, 1, 1, 1)  # black: whole
+    measured = (level > 1e-6) & (sigma > 0)
+    return torch.where(measured, ratio, torch.ones_like(ratio)).clamp(max=1.0).view(-1, 1, 1, 1)
 
 
 def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) -> torch.Tensor:
     """min(1, cap x rms(held) / std(residual)) per frame -> (B, 1, 1, 1): `held` (B, 3, H, W) is the noise the
-    filter state still holds, in output units. A residual that removes noise is about that size; one several
-    times larger is inventing detail (on held-out real raws: 1.5-3x, on the training photos about 1x)."""
+    filter state still holds, in output units (on the input grid: only its rms counts). A residual that removes
+    noise is about that size; one several times larger is inventing detail (on held-out real raws: 1.5-3x, on
+    the training photos about 1x). No held noise measured (zero): the whole residual, as in `residual_weight`."""
     r = residual.float().flatten(1)
     spread = (r - r.mean(1, keepdim=True)).pow(2).mean(1).sqrt()
-    allowed = cap * held.float().flatten(1).pow(2).mean(1).sqrt()
-    return (allowed / spread.clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
+    held_rms = held.float().flatten(1).pow(2).mean(1).sqrt()
+    weight = (cap * held_rms / spread.clamp_min(1e-12)).clamp(max=1.0)
+    return torch.where(held_rms > 0, weight, torch.ones_like(weight)).view(-1, 1, 1, 1)
