@@ -18,7 +18,7 @@ minutes       ?= 95
 # the U-Net baseline's training time: that of the shipped weights' nine stages (docs/MODEL_CARD.md)
 unet_minutes  ?= 384
 # C of model.residual_rule set on the released weights: the largest that costs the dark training-side videos
-# nothing (scripts/residual_weight.py on train_data val/dynamic and bright_train; docs/RESULTS.md, seventh session)
+# nothing (make residual_sweep: train_data val/dynamic and bright_train; docs/RESULTS.md, seventh session)
 residual_rule ?= 0.06
 # K of model.residual_cap set on them: the smallest K that costs those dark videos nothing (same script, --caps)
 residual_cap  ?= 1.5
@@ -36,7 +36,7 @@ TRAIN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --rdz
 endif
 
 .PHONY: help install test test_all demo synth download_dataset prepare train_titan train_1080ti train_1080 \
-        train_cpu evaluate export_video bench clean pretrain eval_raws
+        train_cpu evaluate export_video bench clean pretrain eval_raws residual_sweep
 
 help:  ## list the targets
 	@grep -E '^[a-z_0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -157,6 +157,17 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	done
 	@if [ -d $(fixtures) ]; then $(MAKE) --no-print-directory eval_raws; \
 	else echo "$(fixtures) not found: the held-out sets made from real raws are skipped (make eval_raws fixtures=DIR)"; fi
+
+residual_sweep: install  ## the tables that chose residual_rule and residual_cap (training-side videos only; after pretrain)
+	$(BATMAN) synth --out $(pretrain_dir)/bright_train --images $(photos) --exclude $(HELDOUT) --videos 40 \
+	    --frames 12 --size 768x768 --cameras train --seed 5 --ratio 5 50
+	for set in train_data:val train_data:dynamic bright_train:train bright_train:val bright_train:test; do \
+	  echo "== $$set"; \
+	  $(VENV)/bin/python scripts/residual_weight.py --model trained_model/batman_default.safetensors --frames 12 \
+	      --root $(pretrain_dir)/$${set%:*} --split $${set#*:} $$( [ $${set#*:} = dynamic ] && echo --videos 10 ) \
+	      --rule-c 0.03 0.04 0.05 0.06 0.07 0.08 0.1 0.12 0.15 --caps 0 0.5 0.75 1 1.25 1.5 2 \
+	      --cap-rule $(residual_rule) || exit 1; \
+	done
 
 eval_raws: install  ## evaluate the default weights on held-out videos made from real raws (fixtures=DIR; after pretrain)
 	@for f in $(RAW_SOURCES); do [ -f $(fixtures)/$$f ] || { echo "no $$f in $(fixtures): pass fixtures=DIR"; exit 1; }; done
