@@ -255,6 +255,17 @@ def test_recursive_head_keeps_its_filter_in_float32_under_autocast():
     assert model.head.curve.raw_steps.grad is not None
 
 
+def test_residual_cap_measures_the_held_noise_in_float32_under_autocast():
+    """The cap's slope is a difference over 1e-3 through the learned colour matrix: in bf16 it was rounding."""
+    torch.manual_seed(0)
+    model = build_model(tiny(head="recursive", pipeline="learned", residual_cap=1.0), 4).eval()
+    m, k, sigma = torch.rand(1, 4, 32, 32) * 0.5, torch.full((1, 1, 32, 32), 0.25), torch.tensor([0.02])
+    exact = model.head.held_noise(m, k, sigma)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        held = model.head.held_noise(m, k, sigma)
+    assert held.dtype == torch.float32 and torch.allclose(held, exact)
+
+
 def test_tone_curve_is_monotone_and_starts_as_srgb_gamma():
     from batman.isp import gamma_srgb
     from batman.model.net import ToneCurve
