@@ -380,7 +380,7 @@ def concatenating_fusion(mff, feats):
     return mff.fuse(torch.cat(ups, 1))
 
 
-def concatenating_head_frame(head, up, x, m, first_weight):
+def concatenating_head_frame(head, up, x, m, first_weight, valid=None):
     """RecursiveHead.frame with its convolutions on concatenated inputs (the formulation before the split)."""
     hidden = head.body(torch.cat([up, x, m], 1))
     k = first_weight + (1.0 - first_weight) * torch.sigmoid(head.gate(hidden).float())
@@ -518,7 +518,7 @@ def with_and_without(**weighting):
             p.add_(0.02 * torch.randn_like(p))
     weighted = build_model(tiny(head="recursive", **weighting), 4).eval()
     weighted.load_state_dict(plain.state_dict())
-    x = clip(t=3, h=64, w=64) * 0.3
+    x = clip(t=3, h=40, w=56) * 0.3  # padded to 64 x 64 inside: the weights must not count the padding
     with torch.no_grad():
         y0, _, base = plain(x, with_base=True)
         y1, _, base1 = weighted(x, with_base=True)

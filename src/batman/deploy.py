@@ -107,7 +107,7 @@ class StepGraph(nn.Module):
         seen, mean = self.model.encoder_input(x.unsqueeze(1), state.get("mean"))
         feats = self.model.fusion(self.model.encoder(seen[:, 0])).unsqueeze(1)
         feats, temporal = self.model.temporal(feats, state["temporal"])
-        y, head = self.model.head(feats, x.unsqueeze(1), state["head"])
+        y, head = self.model.head(feats, x.unsqueeze(1), state["head"], valid=(h, w))
         leaves = pytree.tree_leaves({"temporal": temporal, "head": head, **({"mean": mean} if mean else {})})
         return (y[:, 0, :, :h * s, :w * s], *leaves)
 

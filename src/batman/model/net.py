@@ -77,7 +77,7 @@ class ShuffleHead(nn.Module):
         self.conv = nn.Conv2d(cfg.hidden + extra, 3 * (4 * cfg.scale) ** 2, 3, padding=1)
         self.shuffle = nn.PixelShuffle(4 * cfg.scale)
 
-    def forward(self, feats, frames, state, with_base: bool = False):
+    def forward(self, feats, frames, state, with_base: bool = False, valid=None):
         """feats (B, T, F, H/4, W/4), frames (B, T, C, H, W) -> (y (B, T, 3, sH, sW), state).
         `with_base` is the recursive head's (no filter here: VideoNet refuses it before)."""
         x = feats.flatten(0, 1)
@@ -103,7 +103,7 @@ class SkipHead(nn.Module):
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, 3, 3, padding=1))
 
-    def forward(self, feats, frames, state, with_base: bool = False):
+    def forward(self, feats, frames, state, with_base: bool = False, valid=None):
         parts = [self.up(feats.flatten(0, 1)), upsample(frames.flatten(0, 1), self.scale)]
         if self.mean_input:
             mean, state = running_mean(frames, state)
@@ -233,15 +233,16 @@ class RecursiveHead(nn.Module):
         rgb = self.camera_rgb(m)
         return self.curve(rgb if self.colour is None else torch.einsum("ij,bjhw->bihw", self.colour, rgb))
 
-    def forward(self, feats, frames, state, with_base: bool = False):
+    def forward(self, feats, frames, state, with_base: bool = False, valid=None):
         """-> (y, state), or (y, state, base) with `with_base`: base (B, T, 3, sH, sW) is the filter state
-        alone through the pipeline, which train.filter_weight supervises."""
+        alone through the pipeline, which train.filter_weight supervises. `valid`: (H, W) of the frames before
+        their padding, where the residual's weights take their statistics (None: all of it)."""
         b, t = feats.shape[:2]
         up = self.up(feats.flatten(0, 1)).unflatten(0, (b, t))
         m, count = state if state is not None else (frames[:, 0], 0)
         outs, bases = [], []
         for i in range(t):
-            args = (up[:, i], frames[:, i], m, 1.0 / (count + 1))
+            args = (up[:, i], frames[:, i], m, 1.0 / (count + 1), valid)
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 y, m, base = checkpoint(self.frame, *args, use_reentrant=False)
             else:
@@ -253,7 +254,7 @@ class RecursiveHead(nn.Module):
         y, state = torch.stack(outs, 1), (m, count)
         return (y, state, torch.stack(bases, 1)) if with_base else (y, state)
 
-    def frame(self, up, x, m, first_weight):
+    def frame(self, up, x, m, first_weight, valid=None):
         """One frame: (output, new filter state, base on the output grid). `first_weight` = 1/t, the weight
         of a plain running mean. The body's and the residual's first convs read [up, x, m(, evidence)] and
         [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to
@@ -270,12 +271,16 @@ class RecursiveHead(nn.Module):
             correction = correction + self.denoiser([hidden, base])
         residual = self.residual[-1](correction)
         if self.residual_rule or self.residual_cap:
-            residual = residual * self.residual_scale(residual, x, m, k).to(residual.dtype)
+            residual = residual * self.residual_scale(residual, x, m, k, valid).to(residual.dtype)
         return base_out + residual, m, base_out
 
-    def residual_scale(self, residual, x, m, k) -> torch.Tensor:
+    def residual_scale(self, residual, x, m, k, valid=None) -> torch.Tensor:
         """(B, 1, 1, 1): the noise rule's weight times the cap's (model/residual.py), the frame's noise measured
-        once for both."""
+        once for both, on the `valid` (H, W) before padding: replicated rows are not the scene's."""
+        if valid is not None:
+            h, w = valid
+            x, m, k = x[..., :h, :w], m[..., :h, :w], k[..., :h, :w]
+            residual = residual[..., :h * self.scale, :w * self.scale]
         sigma = frame_noise(x)
         scale = torch.ones_like(sigma).view(-1, 1, 1, 1)
         if self.residual_rule:
@@ -418,10 +423,11 @@ class VideoNet(nn.Module):
         feats = self.fusion(self.encoder(seen.flatten(0, 1)))
         if self.align is not None or self.reset is not None:
             y, state, base = self.frame_by_frame(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state,
-                                                 with_base)
+                                                 with_base, (h, w))
         else:
             feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
-            y, head_state, *base = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"), with_base)
+            y, head_state, *base = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"), with_base,
+                                             valid=(h, w))
             state = {"temporal": temporal_state, "head": head_state}
             base = base[0] if base else None
         if mean_state is not None:
@@ -437,10 +443,12 @@ class VideoNet(nn.Module):
         mean, mean_state = running_mean(frames, mean_state)
         return torch.cat([frames, mean], 2), mean_state
 
-    def frame_by_frame(self, feats: torch.Tensor, frames: torch.Tensor, state: dict, with_base: bool = False):
+    def frame_by_frame(self, feats: torch.Tensor, frames: torch.Tensor, state: dict, with_base: bool = False,
+                       valid=None):
         """Frame by frame, for what acts between frames: with cfg.align the flow from the previous frame warps
         the states onto the new frame; with cfg.state_reset the frame's departure from the filter state scales
-        the temporal memory down and pulls the filter towards the frame. -> (y, state, base or None)."""
+        the temporal memory down and pulls the filter towards the frame. -> (y, state, base or None).
+        `valid`: the head's (H, W) before padding."""
         outs, bases = [], []
         for i in range(feats.shape[1]):
             recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
@@ -452,7 +460,7 @@ class VideoNet(nn.Module):
                 recurrent["temporal"], recurrent["head"] = self.reset(recurrent["temporal"], recurrent["head"],
                                                                       frames[:, i], self.head.colours)
             f, temporal_state = self.temporal(feats[:, i:i + 1], recurrent["temporal"])
-            y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base)
+            y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base, valid)
             state = {"temporal": temporal_state, "head": head_state}
             if self.align is not None:
                 state["align"] = previous
