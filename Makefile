@@ -145,7 +145,7 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=480 train.schedule=cosine \
-	    train.warmup_steps=50 train.lr=5e-4 data.train_dynamic=True data.val_dynamic=7 $(SET)
+	    train.warmup_steps=50 train.lr=5e-4 train.grad_clip=1.0 data.train_dynamic=True data.val_dynamic=7 $(SET)
 	$(BATMAN) release $(pretrain_dir)/unet_budget --out $(pretrain_dir)/unet.safetensors
 	for split in test dynamic; do \
 	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/eval_$$split \
