@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from batman.ckpt import load_model
 from batman.data.dataset import ClipDataset
 from batman.data.drv import load_split
-from batman.model.residual import residual_weight
+from batman.model.residual import frame_noise, residual_weight
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -40,8 +40,10 @@ def weighted_psnrs(model, clip: dict, frames: int, weights, rule_cs) -> list[flo
     with torch.no_grad():
         out, _, base = model(clip["input"][None], None, with_base=True)
     truth, residual = clip["target"][None], out - base
+    inputs = [clip["input"][k][None] for k in range(frames)]
+    sigmas = [frame_noise(x) for x in inputs]  # one per frame, shared by every C
     fixed = [[base[:, k] + a * residual[:, k] for k in range(frames)] for a in weights]
-    ruled = [[base[:, k] + residual_weight(clip["input"][k][None], c) * residual[:, k] for k in range(frames)]
+    ruled = [[base[:, k] + residual_weight(inputs[k], c, sigmas[k]) * residual[:, k] for k in range(frames)]
              for c in rule_cs]
     return [float(np.mean([psnr(y, truth[:, k]) for k, y in enumerate(ys)])) for ys in fixed + ruled]
 

@@ -30,8 +30,8 @@ def residual_weight(x: torch.Tensor, c: float, sigma: torch.Tensor | None = None
     Below a signal-to-noise ratio of 1 / c the residual is needed whole; above it the filter alone is cleaner
     (docs/RESULTS.md, seventh session). A black frame, or one whose noise reads zero (whole DN steps with a read
     noise under half a step make most of G1 - G2 exactly 0), keeps the whole residual: no measure, no change.
-    The statistics include the padding to a multiple of 32 (under 3% of DRV's frames); with --tile each tile
-    measures its own (a brighter tile gets less residual; the blend ramps join them)."""
+    The head passes the frame without its padding to a multiple of 32; with --tile each tile measures its own
+    (a brighter tile gets less residual; the blend ramps join them)."""
     sigma = frame_noise(x) if sigma is None else sigma
     level = x[:, :4].float().mean((1, 2, 3))
     ratio = sigma / (c * level.clamp_min(1e-6))
