@@ -76,10 +76,12 @@ def test_init_takes_the_checkpoints_model_settings_unless_set(tmp_path, capsys):
     ({"model.encoder_mean": True}, "model.encoder_mean", "widened with zeros: ['encoder.conv1.weight']"),
     ({"model.gate_evidence": True, "model.denoiser": 4}, "model.gate_evidence, model.denoiser",
      "left initial: ['head.denoiser.enter.weight'"),
-    ({"model.state_reset": True}, "model.state_reset", "left initial: ['reset.net.0.weight'")])
+    ({"model.state_reset": True}, "model.state_reset", "left initial: ['reset.net.0.weight'"),
+    ({"model.noise_input": True}, "model.noise_input", "widened with zeros: ['head.residual.0.weight']")])
 def test_init_widens_weights_to_a_related_model(tmp_path, widen, adapted, tensor):
     """model.encoder_mean and model.gate_evidence add input channels: the old filters are kept, the new ones
-    start at zero; model.denoiser adds a network whose last conv starts at zero. So the fine-tuned model
+    start at zero; model.denoiser adds a network whose last conv starts at zero; model.noise_input adds a channel
+    to the residual's first conv. So the fine-tuned model
     starts out computing what the saved one did (model.state_reset: nearly, its memory kept at sigmoid(6))."""
     from batman.train import load_init_weights
     save_weights(tmp_path / "pre.pt", seed=5)

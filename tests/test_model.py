@@ -2,7 +2,9 @@
 encoder weights, gradient checkpointing, channels_last, the registry. Tiny sizes, CPU."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,8 @@ from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM, ConvLSTMCell
 from batman.model.encoder import Encoder
 from batman.model.net import MODELS, build_model, describe_models, detach_state
-from batman.model.residual import residual_cap_weight, residual_weight
+from batman.ckpt import load_state_widened
+from batman.model.residual import NOISE_SPREAD, noise_channel, residual_cap_weight, residual_weight
 
 TINY = ModelCfg(hidden=16, fusion=16)
 
@@ -534,7 +537,7 @@ def test_residual_rule_scales_the_residual_and_nothing_else():
 
 
 def test_residual_rule_and_cap_need_packed_raw_frames():
-    for kw in ({"residual_rule": 0.1}, {"residual_cap": 1.0}):
+    for kw in ({"residual_rule": 0.1}, {"residual_cap": 1.0}, {"noise_input": True}):
         with pytest.raises(BatmanError, match="data.mode=raw"):
             build_model(tiny(head="recursive", **kw), 3, packed=False)
 
@@ -562,6 +565,31 @@ def test_residual_weights_keep_the_whole_residual_where_no_noise_is_measured():
     x[1, 1, ::2] += 0.01  # a few steps: the median difference is still 0
     assert residual_weight(x, 0.06).flatten().tolist() == [1.0, 1.0]
     assert residual_cap_weight(torch.randn(2, 3, 32, 32), torch.zeros(2, 3, 32, 32), 1.5).flatten().tolist() == [1.0, 1.0]
+
+
+def test_noise_input_tells_the_residual_how_much_noise_the_filter_holds():
+    """The channel falls as the filter averages (k = 1/t) and is lower for a cleaner frame; a model given it
+    computes what it did until its new filter (zero at first) is trained, and a clip equals its frames streamed."""
+    torch.manual_seed(0)
+    model = build_model(tiny(head="recursive", noise_input=True), 4).eval()
+    m = torch.rand(1, 4, 32, 32) * 0.3 + 0.1
+    channels = [noise_channel(model.head.held_noise(m, torch.full((1, 1, 32, 32), 1.0 / t), torch.tensor([s])))
+                for t, s in ((1, 0.05), (16, 0.05), (16, 0.005))]
+    means = [float(c.mean()) for c in channels]
+    assert channels[0].shape == (1, 1, 32, 32) and means[0] > means[1] > means[2]
+    assert abs(means[0] - means[1] - 0.5 * math.log(16) / NOISE_SPREAD) < 1e-4  # sqrt(k): log falls by log(4)
+    plain = build_model(tiny(head="recursive"), 4).eval()
+    load_state_widened(model, plain.state_dict(), Path("plain.pt"))  # the new input's filter starts at zero
+    x = clip(t=3, h=40, w=56) * 0.3
+    with torch.no_grad():
+        assert torch.allclose(plain(x)[0], model(x)[0], atol=1e-6)
+        model.head.residual[0].weight[:, -1].fill_(0.5)  # let it act
+        y, _ = model(x)
+        state, steps = None, []
+        for t in range(x.shape[1]):
+            out, state = model.step(x[:, t], state)
+            steps.append(out)
+    assert torch.allclose(y, torch.stack(steps, 1), atol=1e-5)
 
 
 def test_residual_weights_need_the_recursive_head():

@@ -102,6 +102,9 @@ class ModelCfg:
     residual_cap: float = 0.0 # recursive head: scale its residual down where its std exceeds K x the noise the filter
                               # state can still hold, per frame (model/residual.py; 0: off): on scenes unlike
                               # the training photos the residual invents more than the noise it could remove
+    noise_input: bool = False # recursive head: its residual and denoiser also read the noise the filter state
+                              # still holds, per pixel (log, one channel; model/residual.py): told how much noise
+                              # is left, a trained residual need not guess it from content it has seen
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,7 @@ CHECKS: dict[str, Check] = {
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
     "model.encoder_mean": _flag, "model.gate_evidence": _flag,
     "model.denoiser": _int(0, 256), "model.state_reset": _flag, "model.residual_rule": _real(0, 1e3),
-    "model.residual_cap": _real(0, 1e3),
+    "model.residual_cap": _real(0, 1e3), "model.noise_input": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6),

@@ -404,7 +404,7 @@ def architecture(cfg: Config) -> tuple:
 
 # Model fields --init may change: the new model starts out computing what the saved one did (or nearly:
 # a fixed pipeline replaces a learned one) and training adapts the rest.
-WIDENABLE = ("encoder_mean", "pipeline", "gate_evidence", "denoiser", "state_reset")
+WIDENABLE = ("encoder_mean", "pipeline", "gate_evidence", "denoiser", "state_reset", "noise_input")
 
 
 def init_architecture(cfg: Config, path: str | Path, explicit: set[str]) -> Config:

@@ -29,7 +29,7 @@ from batman.model.denoiser import BaseDenoiser
 from batman.model.encoder import Encoder
 from batman.model.fusion import MFF, conv_of_concat, upsample
 from batman.model.lite import LiteEncoder
-from batman.model.residual import frame_noise, residual_cap_weight, residual_weight
+from batman.model.residual import frame_noise, noise_channel, residual_cap_weight, residual_weight
 from batman.model.unet import SIDUNet
 
 PAD_MULTIPLE = 32  # the encoder's deepest stride
@@ -202,15 +202,18 @@ class RecursiveHead(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True))
         self.gate = nn.Conv2d(width, 1, 3, padding=1)
-        self.residual = nn.Sequential(nn.Conv2d(width + 3, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
+        self.noise_input = cfg.noise_input
+        reads = width + 3 + (1 if self.noise_input else 0)  # [hidden, base(, noise channel)]
+        self.residual = nn.Sequential(nn.Conv2d(reads, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
                                       nn.Conv2d(width, 3 * scale * scale, 3, padding=1),
                                       nn.PixelShuffle(scale) if scale > 1 else nn.Identity())
-        self.denoiser = BaseDenoiser(width + 3, cfg.denoiser, 3 * scale * scale) if cfg.denoiser else None
+        self.denoiser = BaseDenoiser(reads, cfg.denoiser, 3 * scale * scale) if cfg.denoiser else None
         for conv in (self.gate, self.residual[-2]):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         nn.init.constant_(self.gate.bias, -6.0)
-        for key, value in (("residual_rule", cfg.residual_rule), ("residual_cap", cfg.residual_cap)):
+        for key, value in (("residual_rule", cfg.residual_rule), ("residual_cap", cfg.residual_cap),
+                           ("noise_input", cfg.noise_input)):
             if value and not packed:
                 raise BatmanError(f"model.{key} reads the noise from the G1 - G2 difference of packed raw "
                                   "frames: it needs data.mode=raw")
@@ -266,22 +269,30 @@ class RecursiveHead(nn.Module):
         m = m + k * (x - m)  # float32 under autocast too: the filter integrates over a whole video
         base = self.pipeline(m)
         base_out = upsample(base, self.scale)
-        correction = self.residual[1:-1](conv_of_concat(self.residual[0], [hidden, base]))
+        sigma = self.frame_sigma(x, valid) if self.residual_rule or self.residual_cap or self.noise_input else None
+        reads = [hidden, base] + ([noise_channel(self.held_noise(m, k, sigma)).to(base.dtype)]
+                                  if self.noise_input else [])
+        correction = self.residual[1:-1](conv_of_concat(self.residual[0], reads))
         if self.denoiser is not None:
-            correction = correction + self.denoiser([hidden, base])
+            correction = correction + self.denoiser(reads)
         residual = self.residual[-1](correction)
         if self.residual_rule or self.residual_cap:
-            residual = residual * self.residual_scale(residual, x, m, k, valid).to(residual.dtype)
+            residual = residual * self.residual_scale(residual, x, m, k, sigma, valid).to(residual.dtype)
         return base_out + residual, m, base_out
 
-    def residual_scale(self, residual, x, m, k, valid=None) -> torch.Tensor:
-        """(B, 1, 1, 1): the noise rule's weight times the cap's (model/residual.py), the frame's noise measured
-        once for both, on the `valid` (H, W) before padding: replicated rows are not the scene's."""
+    @staticmethod
+    def frame_sigma(x, valid=None) -> torch.Tensor:
+        """(B,): the frame's noise (`frame_noise`) on the `valid` (H, W) before padding: replicated rows are not
+        the scene's."""
+        return frame_noise(x if valid is None else x[..., :valid[0], :valid[1]])
+
+    def residual_scale(self, residual, x, m, k, sigma, valid=None) -> torch.Tensor:
+        """(B, 1, 1, 1): the noise rule's weight times the cap's (model/residual.py), from the frame's noise
+        `sigma`, with statistics on the `valid` (H, W) before padding."""
         if valid is not None:
             h, w = valid
             x, m, k = x[..., :h, :w], m[..., :h, :w], k[..., :h, :w]
             residual = residual[..., :h * self.scale, :w * self.scale]
-        sigma = frame_noise(x)
         scale = torch.ones_like(sigma).view(-1, 1, 1, 1)
         if self.residual_rule:
             scale = residual_weight(x, self.residual_rule, sigma)
@@ -516,9 +527,9 @@ def build_model(cfg: ModelCfg, in_channels: int, packed: bool = True) -> nn.Modu
         raise BatmanError(f"unknown model.name {cfg.name!r}; choose one of {', '.join(MODELS)}")
     if cfg.scale < 1:
         raise BatmanError(f"model.scale must be a positive integer (1 or 2), got {cfg.scale}")
-    if (cfg.residual_rule or cfg.residual_cap) and (cfg.name == "unet" or cfg.head != "recursive"):
-        raise BatmanError("model.residual_rule and model.residual_cap weigh the recursive head's residual: they "
-                          "need model.head=recursive (and not model.name=unet)")
+    if (cfg.residual_rule or cfg.residual_cap or cfg.noise_input) and (cfg.name == "unet" or cfg.head != "recursive"):
+        raise BatmanError("model.residual_rule, model.residual_cap and model.noise_input act on the recursive head's "
+                          "residual: they need model.head=recursive (and not model.name=unet)")
     return MODELS[cfg.name](cfg, in_channels, packed)
 
 

@@ -49,3 +49,13 @@ def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) 
     held_rms = held.float().flatten(1).pow(2).mean(1).sqrt()
     weight = (cap * held_rms / spread.clamp_min(1e-12)).clamp(max=1.0)
     return torch.where(held_rms > 0, weight, torch.ones_like(weight)).view(-1, 1, 1, 1)
+
+
+NOISE_FLOOR, NOISE_CENTRE, NOISE_SPREAD = 1e-4, -3.5, 2.0  # log held noise: about -6 (bright) to -1 (dark, frame 1)
+
+
+def noise_channel(held: torch.Tensor) -> torch.Tensor:
+    """The held noise (B, 3, H, W) in output units -> (B, 1, H, W) network input (model.noise_input): its log,
+    averaged over colours, centred and scaled to about [-1.5, 1.5] over bright to dark frames (a trained conv's
+    zero-initialised new filter then moves it by what a unit input would)."""
+    return (held.float().clamp_min(NOISE_FLOOR).log().mean(1, keepdim=True) - NOISE_CENTRE) / NOISE_SPREAD
