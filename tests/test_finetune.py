@@ -72,6 +72,22 @@ def test_init_takes_the_checkpoints_model_settings_unless_set(tmp_path, capsys):
     assert (model["gate_evidence"], model["denoiser"]) == (True, 0)
 
 
+def test_init_from_a_run_folder_takes_its_best_epoch(tmp_path, capsys):
+    import json
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(run / "epoch_3_loss_0.1000.pt", seed=1, **{"model.denoiser": 8})
+    save_weights(run / "epoch_5_loss_0.3000.pt", seed=1, **{"model.denoiser": 4})
+    assert main(["train", "--root", str(tmp_path), "--preset", "demo", "--init", str(run), "--dry-run",
+                 "--set", "model.hidden=16", "model.fusion=16"]) == 0
+    said, printed = capsys.readouterr().out.split("\n", 1)
+    assert "epoch_3_loss_0.1000.pt" in said and json.loads(printed)["model"]["denoiser"] == 8
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--root", str(tmp_path), "--preset", "demo", "--init", str(tmp_path / "empty"),
+                 "--dry-run"]) != 0
+    assert "no checkpoint in" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("widen, adapted, tensor", [
     ({"model.encoder_mean": True}, "model.encoder_mean", "widened with zeros: ['encoder.conv1.weight']"),
     ({"model.gate_evidence": True, "model.denoiser": 4}, "model.gate_evidence, model.denoiser",

@@ -96,7 +96,10 @@ def train_config(args):
     preset = args.preset if args.preset is not None else ("" if args.config else "cpu")
     cfg = _config(args, preset)
     if getattr(args, "init", None):
+        from batman.ckpt import best_checkpoint
         from batman.config import _flatten, read_config_file
+        if args.init.is_dir():  # a run folder: its best epoch, as `batman release` takes
+            args.init = best_checkpoint(args.init)
         from batman.train import init_architecture
         explicit = set(parse_set(args.set or [])) | (set(_flatten(read_config_file(args.config))) if args.config else set())
         cfg = init_architecture(cfg, args.init, explicit)
@@ -251,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run folder (default: runs/<preset>-<model>-<YYYYmmdd-HHMMSS>/)")
     where.add_argument("--name", type=_run_name, default=None, help="run folder runs/NAME instead of a timestamp")
     sp.add_argument("--init", type=Path, default=None, metavar="CKPT",
-                    help="fine-tune: start from this checkpoint's weights (fresh optimiser, epoch 0)")
+                    help="fine-tune: start from this checkpoint's weights, or a run folder's best epoch (fresh "
+                         "optimiser, epoch 0)")
     sp.add_argument("--dry-run", action="store_true", help="check the config, print it and stop")
     add_device_arg(sp)
 
