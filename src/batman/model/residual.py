@@ -1,4 +1,5 @@
-"""How much of the recursive head's residual to add (model.residual_rule, model.residual_cap).
+"""How much of the recursive head's residual to add (model.residual_rule, model.residual_cap), and the noise
+channel it can read instead (model.noise_input).
 
 The recursive head outputs its filter state through the camera pipeline plus a learned residual. Trained on dark
 photo-made videos, that residual fails in two ways the network cannot see itself (docs/MODEL_CARD.md, "The
@@ -57,5 +58,6 @@ NOISE_FLOOR, NOISE_CENTRE, NOISE_SPREAD = 1e-4, -3.5, 2.0  # log held noise: abo
 def noise_channel(held: torch.Tensor) -> torch.Tensor:
     """The held noise (B, 3, H, W) in output units -> (B, 1, H, W) network input (model.noise_input): its log,
     averaged over colours, centred and scaled to about [-1.5, 1.5] over bright to dark frames (a trained conv's
-    zero-initialised new filter then moves it by what a unit input would)."""
+    zero-initialised new filter then moves it by what a unit input would). A frame whose noise reads zero (see
+    `residual_weight`) reads as the cleanest, -2.85: unlike the rule, the channel has no "no measure" value."""
     return (held.float().clamp_min(NOISE_FLOOR).log().mean(1, keepdim=True) - NOISE_CENTRE) / NOISE_SPREAD
