@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torchvision.models import resnet18
 from torchvision.ops import FrozenBatchNorm2d
 
+from batman.ckpt import load_state_widened
 from batman.config import BatmanError, ModelCfg, make_config
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM, ConvLSTMCell
 from batman.model.encoder import Encoder
 from batman.model.net import MODELS, build_model, describe_models, detach_state
-from batman.ckpt import load_state_widened
 from batman.model.residual import NOISE_SPREAD, noise_channel, residual_cap_weight, residual_weight
 
 TINY = ModelCfg(hidden=16, fusion=16)

@@ -270,14 +270,14 @@ class RecursiveHead(nn.Module):
         base = self.pipeline(m)
         base_out = upsample(base, self.scale)
         sigma = self.frame_sigma(x, valid) if self.residual_rule or self.residual_cap or self.noise_input else None
-        reads = [hidden, base] + ([noise_channel(self.held_noise(m, k, sigma)).to(base.dtype)]
-                                  if self.noise_input else [])
+        held = self.held_noise(m, k, sigma) if self.residual_cap or self.noise_input else None  # once for both
+        reads = [hidden, base] + ([noise_channel(held).to(base.dtype)] if self.noise_input else [])
         correction = self.residual[1:-1](conv_of_concat(self.residual[0], reads))
         if self.denoiser is not None:
             correction = correction + self.denoiser(reads)
         residual = self.residual[-1](correction)
         if self.residual_rule or self.residual_cap:
-            residual = residual * self.residual_scale(residual, x, m, k, sigma, valid).to(residual.dtype)
+            residual = residual * self.residual_scale(residual, x, held, sigma, valid).to(residual.dtype)
         return base_out + residual, m, base_out
 
     @staticmethod
@@ -286,18 +286,19 @@ class RecursiveHead(nn.Module):
         the scene's."""
         return frame_noise(x if valid is None else x[..., :valid[0], :valid[1]])
 
-    def residual_scale(self, residual, x, m, k, sigma, valid=None) -> torch.Tensor:
+    def residual_scale(self, residual, x, held, sigma, valid=None) -> torch.Tensor:
         """(B, 1, 1, 1): the noise rule's weight times the cap's (model/residual.py), from the frame's noise
-        `sigma`, with statistics on the `valid` (H, W) before padding."""
+        `sigma` and the `held_noise` map (per pixel, so its valid part is that of the valid frame), with
+        statistics on the `valid` (H, W) before padding."""
         if valid is not None:
             h, w = valid
-            x, m, k = x[..., :h, :w], m[..., :h, :w], k[..., :h, :w]
+            x, held = x[..., :h, :w], None if held is None else held[..., :h, :w]
             residual = residual[..., :h * self.scale, :w * self.scale]
         scale = torch.ones_like(sigma).view(-1, 1, 1, 1)
         if self.residual_rule:
             scale = residual_weight(x, self.residual_rule, sigma)
         if self.residual_cap:
-            scale = scale * residual_cap_weight(residual * scale, self.held_noise(m, k, sigma), self.residual_cap)
+            scale = scale * residual_cap_weight(residual * scale, held, self.residual_cap)
         return scale
 
     def held_noise(self, m, k, sigma) -> torch.Tensor:
