@@ -3,7 +3,7 @@
 
     python scripts/residual_weight.py --model trained_model/batman_default.safetensors \
         --root build/pretrain/heldout_bright [--split test] [--videos 4] [--frames 16] [--rule-c 0.05 0.08 0.1] \
-        [--caps 1.25 1.5 --cap-rule 0.06]
+        [--caps 1.25 1.5 --cap-blocks 0 8 --cap-rule 0.06]
 
 The recursive head outputs its filter state rendered through the pipeline ("base") plus a learned residual.
 a = 1 is the model as it is; a = 0 the filter alone. Per video and on average, PSNR over the first `frames`
@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from batman.ckpt import load_model
 from batman.data.dataset import ClipDataset
 from batman.data.drv import load_split
-from batman.model.residual import frame_noise, residual_weight
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -35,29 +34,40 @@ def psnr(y: torch.Tensor, truth: torch.Tensor) -> float:
     return -10 * math.log10(F.mse_loss(y.float().clamp(0, 1), truth).item())
 
 
-def weighted_psnrs(model, clip: dict, frames: int, weights, rule_cs) -> list[float]:
-    """Mean PSNR over the frames for each fixed residual weight, then for each C of the noise rule."""
-    with torch.no_grad():
-        out, _, base = model(clip["input"][None], None, with_base=True)
-    truth, residual = clip["target"][None], out - base
-    inputs = [clip["input"][k][None] for k in range(frames)]
-    sigmas = [frame_noise(x) for x in inputs]  # one per frame, shared by every C
-    fixed = [[base[:, k] + a * residual[:, k] for k in range(frames)] for a in weights]
-    ruled = [[base[:, k] + residual_weight(inputs[k], c, sigmas[k]) * residual[:, k] for k in range(frames)]
-             for c in rule_cs]
-    return [float(np.mean([psnr(y, truth[:, k]) for k, y in enumerate(ys)])) for ys in fixed + ruled]
+def recorded_run(model, clip: dict) -> tuple[torch.Tensor, list]:
+    """The model's output on a clip with no weighting, and per frame the arguments of the head's residual_scale
+    (residual, x, held, sigma, valid). A cap too large to act makes the head compute what the weights read."""
+    head, calls = model.head, []
+    head.residual_rule, head.residual_cap, head.residual_cap_block = 0.0, math.inf, 0
 
-
-def capped_psnrs(model, clip: dict, frames: int, rule: float, caps) -> list[float]:
-    """Mean PSNR over the frames of the model run with residual_rule = rule and residual_cap = each K."""
-    head, truth, out = model.head, clip["target"][None], []
-    for cap in caps:
-        head.residual_rule, head.residual_cap = rule, cap
+    def record(*args):
+        calls.append(args)
+        return torch.ones_like(args[3]).view(-1, 1, 1, 1)
+    head.residual_scale = record
+    try:
         with torch.no_grad():
             y, _ = model(clip["input"][None])
-        out.append(float(np.mean([psnr(y[:, k], truth[:, k]) for k in range(frames)])))
+    finally:
+        del head.residual_scale  # the class's method again
+    return y, calls
+
+
+def column_psnrs(model, clip: dict, frames: int, weights, rule_cs, rule: float, caps, blocks) -> list[float]:
+    """Mean PSNR over the frames for each fixed residual weight, each C of the noise rule, then each (K, B) of
+    the cap under the rule `rule`: in that order."""
+    head, truth = model.head, clip["target"][None]
+    y, calls = recorded_run(model, clip)
+    residuals = [args[0] for args in calls]
+    bases = [y[:, k] - residuals[k] for k in range(frames)]
+
+    def weighted(c: float, cap: float = 0.0, block: int = 0) -> list[torch.Tensor]:
+        head.residual_rule, head.residual_cap, head.residual_cap_block = c, cap, block
+        return [bases[k] + head.residual_scale(*calls[k]) * residuals[k] for k in range(frames)]
+    outputs = [[bases[k] + a * residuals[k] for k in range(frames)] for a in weights]
+    outputs += [weighted(c) for c in rule_cs] + [weighted(rule, cap, block) for cap in caps for block in blocks]
     head.residual_rule = head.residual_cap = 0.0
-    return out
+    head.residual_cap_block = 0
+    return [float(np.mean([psnr(out, truth[:, k]) for k, out in enumerate(outs)])) for outs in outputs]
 
 
 def main() -> None:
@@ -70,20 +80,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rule-c", type=float, nargs="+", default=[0.1], help="values of C of the noise rule")
     ap.add_argument("--caps", type=float, nargs="*", default=[], help="values of K of the residual cap (0: off)")
+    ap.add_argument("--cap-blocks", type=int, nargs="+", default=[0],
+                    help="values of B of the cap's blocks (model.residual_cap_block; 0: per frame)")
     ap.add_argument("--cap-rule", type=float, default=0.06, help="the noise rule's C in the --caps columns")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, cfg = load_model(args.model)
-    model.head.residual_rule = model.head.residual_cap = 0.0  # measure every weight from the bare residual
     videos = load_split(args.root, args.split)[: args.videos or None]
     clips = ClipDataset(videos, dataclasses.replace(cfg.data, frames=args.frames, crop=(0, 0)),
                         scale=cfg.model.scale, train=False)
     print("video  " + "  ".join([f"a={a:<4g}" for a in WEIGHTS] + [f"C={c:<4g}" for c in args.rule_c]
-                                + [f"K={k:<4g}" for k in args.caps]))
+                                + [f"K{k:g}B{b:<2d}" for k in args.caps for b in args.cap_blocks]))
     rows = []
     for i, video in enumerate(videos):
-        rows.append(weighted_psnrs(model, clips[i], args.frames, WEIGHTS, args.rule_c)
-                    + capped_psnrs(model, clips[i], args.frames, args.cap_rule, args.caps))
+        rows.append(column_psnrs(model, clips[i], args.frames, WEIGHTS, args.rule_c, args.cap_rule, args.caps,
+                                 args.cap_blocks))
         print(f"{video.id:6s} " + "  ".join(f"{p:6.2f}" for p in rows[-1]), flush=True)
     print("mean   " + "  ".join(f"{p:6.2f}" for p in np.mean(rows, axis=0)))
 

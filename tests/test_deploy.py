@@ -50,6 +50,8 @@ def video(h, w, t=16, seed=1):
                                                ({"model.encoder_mean": True, "model.pipeline": "fixed"}, 4),
                                                ({"model.gate_evidence": True, "model.denoiser": 4}, 3),
                                                ({"model.residual_rule": 2.0, "model.residual_cap": 0.05, "model.noise_input": True}, 3),
+                                               ({"model.residual_rule": 2.0, "model.residual_cap": 0.05,
+                                                 "model.residual_cap_block": 8, "model.noise_input": True}, 3),
                                                ({"model.state_reset": True}, 3)])
 def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     cfg = make_config("", overrides)

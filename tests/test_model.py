@@ -20,7 +20,8 @@ from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM, ConvLSTMCell
 from batman.model.encoder import Encoder
 from batman.model.net import MODELS, build_model, describe_models, detach_state
-from batman.model.residual import NOISE_SPREAD, noise_channel, residual_cap_weight, residual_weight
+from batman.model.residual import (NOISE_SPREAD, noise_channel, residual_block_cap_weight, residual_cap_weight,
+                                   residual_weight)
 
 TINY = ModelCfg(hidden=16, fusion=16)
 
@@ -557,6 +558,36 @@ def test_residual_cap_scales_each_frames_residual_by_one_factor():
         a = ratio[:, t][(y0 - base)[:, t].abs() > 1e-4]
         assert 0.0 < float(a.min()) and float(a.max()) < 0.9  # the cap acts on every frame here
         assert float(a.max() - a.min()) < 1e-3  # one factor per frame
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_residual_block_cap_weight_cuts_only_the_blocks_that_exceed_the_held_noise(scale):
+    g = torch.Generator().manual_seed(0)
+    held = torch.full((1, 3, 32, 32), 0.01)
+    residual = torch.randn(1, 3, 32 * scale, 32 * scale, generator=g) * 0.005
+    s = 8 * scale  # one block of 8 x 8 input pixels
+    residual[..., s:2 * s, :s] = torch.randn(1, 3, s, s, generator=g) * 0.04
+    a = residual_block_cap_weight(residual, held, 2.0, 8)
+    assert a.shape == (1, 1, 32 * scale, 32 * scale)
+    block = a[..., s:2 * s, :s]
+    assert float(block.max() - block.min()) == 0.0 and abs(float(block[0, 0, 0, 0]) - 0.5) < 0.05
+    a[..., s:2 * s, :s] = 1.0
+    assert bool((a == 1.0).all())  # every other block is within 2 x its held noise
+
+
+def test_residual_block_cap_scales_each_block_by_one_factor():
+    _, y0, base, y1 = with_and_without(residual_cap=0.02, residual_cap_block=8)
+    r0, r1 = (y0 - base)[0, :, 0], (y1 - base)[0, :, 0]  # (t, 40, 56): 5 x 7 blocks of 8 x 8
+    blocks = lambda r: r.unflatten(-1, (7, 8)).unflatten(-3, (5, 8)).transpose(2, 3).flatten(-2)  # (t, 5, 7, 64)
+    factor = (blocks(r1) * blocks(r0)).sum(-1) / blocks(r0).pow(2).sum(-1)  # least squares per block
+    assert torch.allclose(blocks(r1), factor[..., None] * blocks(r0), atol=1e-6)  # one factor per block
+    assert float(factor.max() - factor.min()) > 0.05 and 0.0 < float(factor.min()) and float(factor.max()) <= 1.0
+
+
+def test_residual_cap_block_must_divide_the_padded_frame():
+    from batman.config import make_config
+    with pytest.raises(BatmanError, match="model.residual_cap_block.*power of two"):
+        make_config("", {"model.residual_cap_block": 12})
 
 
 def test_residual_weights_keep_the_whole_residual_where_no_noise_is_measured():

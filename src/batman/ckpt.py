@@ -317,7 +317,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "data.exposure_level")  # need no training
+RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block",  # need no training
+                "data.exposure_level")
 
 
 def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None,

@@ -39,10 +39,10 @@ class DataCfg:
                               # per epoch (more motion clips when the static ones outnumber them)
     val_dynamic: int = 0      # the dynamic split's last N videos validate (and never train): static-only
                               # validation picks the epoch that keeps its gate shut, blind to camera motion
-    extra_dynamic: str = ""   # another data set whose dynamic split trains too (e.g. `batman synth --videos 0
-                              # --dynamic 40 --motion pan,rotate,zoom,mixed`: more camera motion)
-    extra_static: str = ""    # another data set whose static videos (every split) train too (e.g. `batman synth
-                              # --ratio 5 50`: scenes brighter than the main set's, where a clean filter must be kept)
+    extra_dynamic: str = ""   # other data sets (a comma list) whose dynamic split trains too (e.g. `batman synth
+                              # --videos 0 --dynamic 40 --motion pan,rotate,zoom,mixed`: more camera motion)
+    extra_static: str = ""    # other data sets (a comma list) whose static videos (every split) train too (e.g.
+                              # `batman synth --ratio 5 50`: brighter scenes, where a clean filter must be kept)
     cache: str = ""           # prepared cache folder; empty: <root>/cache when it exists
     workers: int = 0          # DataLoader worker processes
     max_gain: float = 300.0   # gains are clipped to this (guards against broken EXIF)
@@ -102,6 +102,9 @@ class ModelCfg:
     residual_cap: float = 0.0 # recursive head: scale its residual down where its std exceeds K x the noise the filter
                               # state can still hold, per frame (model/residual.py; 0: off): on scenes unlike
                               # the training photos the residual invents more than the noise it could remove
+    residual_cap_block: int = 0  # recursive head: with residual_cap, one factor per block x block pixels of the
+                              # input grid instead of one per frame (0): the residual invents detail where the
+                              # scene is textured, and one factor per frame either lets it or cuts it everywhere
     noise_input: bool = False # recursive head: its residual and denoiser also read the noise the filter state
                               # still holds, per pixel (log, one channel; model/residual.py): told how much noise
                               # is left, a trained residual need not guess it from content it has seen
@@ -289,6 +292,13 @@ def _odd(lo: int, hi: int) -> Check:
     return check
 
 
+def _block(hi: int) -> Check:
+    def check(v):
+        if _int(0, hi)(v) or (v and v & (v - 1)):
+            return f"expected 0 or a power of two up to {hi} (it divides the padded frame)"
+    return check
+
+
 def _real(lo: float, hi: float = math.inf, above_lo: bool = False) -> Check:
     if hi < math.inf:
         bound = f"above {lo:g}, up to {hi:g}" if above_lo else f"from {lo:g} to {hi:g}"
@@ -349,7 +359,8 @@ CHECKS: dict[str, Check] = {
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
     "model.encoder_mean": _flag, "model.gate_evidence": _flag,
     "model.denoiser": _int(0, 256), "model.state_reset": _flag, "model.residual_rule": _real(0, 1e3),
-    "model.residual_cap": _real(0, 1e3), "model.noise_input": _flag,
+    "model.residual_cap": _real(0, 1e3),
+    "model.residual_cap_block": _block(32), "model.noise_input": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6),

@@ -29,7 +29,8 @@ from batman.model.denoiser import BaseDenoiser
 from batman.model.encoder import Encoder
 from batman.model.fusion import MFF, conv_of_concat, upsample
 from batman.model.lite import LiteEncoder
-from batman.model.residual import frame_noise, noise_channel, residual_cap_weight, residual_weight
+from batman.model.residual import (frame_noise, noise_channel, residual_block_cap_weight, residual_cap_weight,
+                                   residual_weight)
 from batman.model.unet import SIDUNet
 
 PAD_MULTIPLE = 32  # the encoder's deepest stride
@@ -188,7 +189,8 @@ class RecursiveHead(nn.Module):
     wandered to rows summing to 1.27 that the residual then had to undo.
     With cfg.residual_rule = C the residual is scaled by `residual_weight` (min(1, noise / (C x level)) of
     the frame), with cfg.residual_cap = K held to K x the noise the filter state still holds
-    (`residual_cap_weight`, model/residual.py): set when releasing trained weights, they need no training.
+    (`residual_cap_weight`, model/residual.py; per block with cfg.residual_cap_block): set when releasing trained
+    weights, they need no training.
     """
 
     def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
@@ -218,6 +220,7 @@ class RecursiveHead(nn.Module):
                 raise BatmanError(f"model.{key} reads the noise from the G1 - G2 difference of packed raw "
                                   "frames: it needs data.mode=raw")
         self.residual_rule, self.residual_cap = cfg.residual_rule, cfg.residual_cap
+        self.residual_cap_block = cfg.residual_cap_block
         fixed = cfg.pipeline == "fixed"
         self.colour = None if fixed else nn.Parameter(torch.eye(3))
         self.curve = TraditionalCurve() if fixed else ToneCurve()
@@ -287,9 +290,11 @@ class RecursiveHead(nn.Module):
         return frame_noise(x if valid is None else x[..., :valid[0], :valid[1]])
 
     def residual_scale(self, residual, x, held, sigma, valid=None) -> torch.Tensor:
-        """(B, 1, 1, 1): the noise rule's weight times the cap's (model/residual.py), from the frame's noise
-        `sigma` and the `held_noise` map (per pixel, so its valid part is that of the valid frame), with
-        statistics on the `valid` (H, W) before padding."""
+        """(B, 1, 1, 1), or (B, 1, sH, sW) with a residual_cap_block: the noise rule's weight times the cap's
+        (model/residual.py), from the frame's noise `sigma` and the `held_noise` map (per pixel, so its valid part
+        is that of the valid frame), with per-frame statistics on the `valid` (H, W) before padding. Blocks tile
+        the padded frame (the padding repeats the frame's edge)."""
+        full_residual, full_held = residual, held
         if valid is not None:
             h, w = valid
             x, held = x[..., :h, :w], None if held is None else held[..., :h, :w]
@@ -297,7 +302,10 @@ class RecursiveHead(nn.Module):
         scale = torch.ones_like(sigma).view(-1, 1, 1, 1)
         if self.residual_rule:
             scale = residual_weight(x, self.residual_rule, sigma)
-        if self.residual_cap:
+        if self.residual_cap and self.residual_cap_block:
+            scale = scale * residual_block_cap_weight(full_residual * scale, full_held, self.residual_cap,
+                                                      self.residual_cap_block)
+        elif self.residual_cap:
             scale = scale * residual_cap_weight(residual * scale, held, self.residual_cap)
         return scale
 

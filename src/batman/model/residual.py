@@ -10,6 +10,7 @@ measured from the frame itself, need no training, and are exported to ONNX (TopK
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def lower_median(x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,20 @@ def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) 
     held_rms = held.float().flatten(1).pow(2).mean(1).sqrt()
     weight = (cap * held_rms / spread.clamp_min(1e-12)).clamp(max=1.0)
     return torch.where(held_rms > 0, weight, torch.ones_like(weight)).view(-1, 1, 1, 1)
+
+
+def residual_block_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float, block: int) -> torch.Tensor:
+    """`residual_cap_weight` per block x block pixels of the input grid (block divides its size; a residual on an
+    s times finer grid is measured over s x block) -> (B, 1, sH, sW). Why: on held-out real raws the residual
+    invents detail on fine texture (windows, foliage) while it removes noise on flat parts of the same frame; one
+    factor per frame must let both through or cut both (docs/RESULTS.md, ninth session). The rms here is about
+    zero, not the block's mean: a residual that removes noise has none to speak of over a block."""
+    scale = residual.shape[-1] // held.shape[-1]
+    held_rms = F.avg_pool2d(held.float().pow(2).mean(1, keepdim=True), block).sqrt()
+    spread = F.avg_pool2d(residual.float().pow(2).mean(1, keepdim=True), block * scale).sqrt()
+    weight = (cap * held_rms / spread.clamp_min(1e-12)).clamp(max=1.0)
+    weight = torch.where(held_rms > 0, weight, torch.ones_like(weight))
+    return weight.repeat_interleave(block * scale, dim=2).repeat_interleave(block * scale, dim=3)
 
 
 NOISE_FLOOR, NOISE_CENTRE, NOISE_SPREAD = 1e-4, -3.5, 2.0  # log held noise: about -6 (bright) to -1 (dark, frame 1)
