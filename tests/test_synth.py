@@ -225,6 +225,30 @@ def test_bad_arguments_are_one_line_errors(tmp_path, kwargs, message):
     assert "\n" not in str(err.value)
 
 
+def test_bayer_sampled_photos_keep_flat_colour_and_alias_fine_detail_into_colour():
+    from batman.data.synth import bayer_sampled
+    flat = np.full((8, 10, 3), [0.2, 0.5, 0.7], np.float32)
+    assert bayer_sampled(flat).shape == (4, 5, 3)
+    np.testing.assert_allclose(bayer_sampled(flat), flat[:4, :5], atol=1e-5)
+    stripes = np.zeros((8, 8, 3), np.float32)
+    stripes[:, 1::2] = 1.0  # grey columns a pixel wide: R and B sit in the dark columns, the greens in both
+    from batman.isp import gamma_srgb
+    expected = np.broadcast_to(np.array([0.0, gamma_srgb(np.array(0.5)), 1.0], np.float32), (4, 4, 3))
+    np.testing.assert_allclose(bayer_sampled(stripes), expected, atol=1e-5)  # grey detail became colour
+
+
+def test_synth_bayer_sampled_writes_half_size_photos_into_the_same_views(tmp_path):
+    import imageio.v3 as iio
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    iio.imwrite(folder / "p.png", (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8))
+    for bayer in (False, True):
+        synthesize(tmp_path / str(bayer), videos=1, frames=2, size=(64, 64), seed=0, images=folder, dynamic=1,
+                   bayer=bayer)
+    plain, sampled = (read_png16(tmp_path / b / "long" / "0001" / "half0001.png") for b in ("False", "True"))
+    assert plain.shape == sampled.shape and not np.array_equal(plain, sampled)
+
+
 def test_empty_image_folder_is_a_cli_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["synth", "--out", str(tmp_path / "o"), "--videos", "1", "--images", str(tmp_path / "empty")]) == 2

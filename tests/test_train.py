@@ -274,3 +274,16 @@ def test_extra_static_trains_on_every_static_video_of_another_data_set(tmp_path)
     extra = [v for v in train_set.videos if str(tmp_path / "bright") in str(v.frames[0])]
     assert sorted(v.id for v in extra) == ["0001", "0002", "0003"]  # its train, val and test videos
     assert not any(str(tmp_path / "bright") in str(v.frames[0]) for v in val_loader.dataset.dataset.videos)
+
+
+def test_extra_data_sets_are_comma_lists(tmp_path):
+    from batman.data.synth import synthesize
+    from batman.train import Dist, build_data
+    synthesize(tmp_path / "main", videos=5, frames=6, size=(128, 192), seed=3)
+    for i, name in enumerate(("a", "b")):
+        synthesize(tmp_path / name, videos=1, frames=6, size=(128, 192), seed=4 + i, dynamic=1)
+    both = f"{tmp_path / 'a'}, {tmp_path / 'b'}"
+    train_set, *_ = build_data(tiny_cfg(tmp_path / "main", **{"data.extra_static": both,
+                                                               "data.extra_dynamic": both}), Dist())
+    sources = [v.frames[0].parent.parent.parent.name for v in train_set.videos]
+    assert sources.count("a") == sources.count("b") == 2  # each set's static video and its moving one

@@ -67,7 +67,7 @@ def cmd_synth(args) -> int:
     synthesize(args.out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
                images=args.images, dynamic=args.dynamic, ratio=tuple(args.ratio), cameras=args.cameras,
                exclude=tuple(args.exclude), only=tuple(args.only), test_only=args.test_only,
-               camera_file=args.camera,
+               camera_file=args.camera, bayer=args.bayer_sampled,
                **{k: v for k, v in (("motion_kinds", args.motion), ("max_speed", args.max_speed)) if v is not None})
     return 0
 
@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="darkening ratio range (the gain the model must undo)")
     sp.add_argument("--camera", type=Path, default=None, metavar="FILE",
                     help="camera JSON from `batman calibrate`: its noise, CFA and levels instead of sampled ones")
+    sp.add_argument("--bayer-sampled", action="store_true",
+                    help="render each photo as a raw file of it would render (each colour at its own Bayer site, "
+                         "half the size): fine detail aliases into colour, as in real raws")
 
     sp = add("calibrate", cmd_calibrate, "fit a camera's noise, black/white levels and gain from dark and flat frames")
     sp.add_argument("--dark", required=True, type=Path,

@@ -137,9 +137,9 @@ def build_data(cfg: Config, d: Dist):
     if cfg.data.val_dynamic > len(moving):
         raise BatmanError(f"data.val_dynamic={cfg.data.val_dynamic}: {root} has {len(moving)} dynamic videos")
     held = len(moving) - cfg.data.val_dynamic
-    extra = load_split(cfg.data.extra_dynamic, "dynamic", cfg.data.mode) if cfg.data.extra_dynamic else []
-    extra_still = [v for name in SPLITS for v in load_split(cfg.data.extra_static, name, cfg.data.mode)] \
-        if cfg.data.extra_static else []
+    extra = [v for root in data_roots(cfg.data.extra_dynamic) for v in load_split(root, "dynamic", cfg.data.mode)]
+    extra_still = [v for root in data_roots(cfg.data.extra_static) for name in SPLITS
+                   for v in load_split(root, name, cfg.data.mode)]
     train_moving = ((moving[:held] if cfg.data.train_dynamic else []) + extra) * cfg.data.dynamic_repeat
     still_val = split("val")
     train_set = dataset(split("train") + extra_still + train_moving, True)
@@ -153,6 +153,11 @@ def build_data(cfg: Config, d: Dist):
     val_idx = (list(range(n_still)) + list(range(len(still_val), len(val_set))))[d.rank:: d.world]
     val_loader = DataLoader(torch.utils.data.Subset(val_set, val_idx), batch_size=1, shuffle=False, **loader_args)
     return train_set, train_loader, sampler, val_loader
+
+
+def data_roots(names: str) -> list[str]:
+    """data.extra_static / extra_dynamic: a comma list of data set folders ('' for none)."""
+    return [name.strip() for name in names.split(",") if name.strip()]
 
 
 def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:

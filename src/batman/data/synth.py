@@ -28,8 +28,8 @@ import numpy as np
 
 from batman.config import BatmanError
 from batman.data import motion
-from batman.isp import (SRGB_TO_XYZ, cam_to_srgb_from_xyz, demosaic_average, sample_wb, sample_xyz_to_cam,
-                        traditional_pipeline, unprocess)
+from batman.isp import (SRGB_TO_XYZ, cam_to_srgb_from_xyz, demosaic_average, gamma_srgb, inverse_gamma_srgb,
+                        sample_wb, sample_xyz_to_cam, traditional_pipeline, unprocess)
 from batman.data.noise import CalibratedProfile, NoiseParams, add_sensor_noise, load_camera, sample_noise_params
 from batman.data.drv import ANY_RAW_SUFFIXES
 from batman.data.raw import bin2x2, pack_bayer, read_raw, unpack_bayer, write_dng
@@ -126,10 +126,15 @@ def is_raw_source(source: str | Path) -> bool:
     return Path(source).suffix.lower() in ANY_RAW_SUFFIXES
 
 
-def read_clean_image(source: str) -> np.ndarray:
-    """An skimage image name, a photo or a clean raw file -> float32 sRGB (H, W, 3) in [0, 1]."""
+def read_clean_image(source: str, bayer: bool = False) -> np.ndarray:
+    """An skimage image name, a photo or a clean raw file -> float32 sRGB (H, W, 3) in [0, 1]; `bayer`: a photo
+    as `bayer_sampled` renders it (a raw file renders so already)."""
     if is_raw_source(source):
         return render_raw_source(source)[0]
+    return bayer_sampled(read_photo(source)) if bayer else read_photo(source)
+
+
+def read_photo(source: str) -> np.ndarray:
     if source in SKIMAGE_IMAGES:
         import skimage.data
         image = skimage.data.stereo_motorcycle()[0] if source == "motorcycle" else getattr(skimage.data, source)()
@@ -140,6 +145,19 @@ def read_clean_image(source: str) -> np.ndarray:
         except Exception as e:  # imageio raises many types for unreadable or unsupported files
             raise BatmanError(f"cannot read image: {source} ({type(e).__name__}: {e})") from None
     return to_rgb_float(image)
+
+
+def bayer_sampled(srgb: np.ndarray) -> np.ndarray:
+    """A photo rendered as a raw file of it renders (`render_raw_source`): each colour sampled at its own site of
+    an RGGB tile of the photo's pixels, greens averaged, on the packed grid (half the size). Why: fine detail then
+    aliases into colour as in real raws, whose rendered chroma carries 2-3x the high-frequency share of the
+    photos' (demosaiced, chroma-subsampled); a model trained on photos alone smooths it away, on held-out real
+    raws costing more than the noise it removes (docs/RESULTS.md, ninth session)."""
+    linear = inverse_gamma_srgb(srgb)
+    h, w = linear.shape[0] // 2 * 2, linear.shape[1] // 2 * 2
+    r, b = linear[0:h:2, 0:w:2, 0], linear[1:h:2, 1:w:2, 2]
+    g = 0.5 * (linear[0:h:2, 1:w:2, 1] + linear[1:h:2, 0:w:2, 1])
+    return gamma_srgb(np.stack([r, g, b], axis=-1)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -218,25 +236,26 @@ def random_view(image: np.ndarray, shape: tuple[int, int], rng: np.random.Genera
 
 # --- scenes: one clean sRGB frame per time step -------------------------------------------------
 
-def static_scene(sources: list[str], shape: tuple[int, int], rng: np.random.Generator) -> tuple[list, dict, str]:
+def static_scene(sources: list[str], shape: tuple[int, int], rng: np.random.Generator,
+                 bayer: bool = False) -> tuple[list, dict, str]:
     """One clean view (the frames of a static video share it), its description and its source."""
     name = sources[rng.integers(len(sources))]
-    view, info = random_view(read_clean_image(name), shape, rng)
+    view, info = random_view(read_clean_image(name, bayer), shape, rng)
     return [view], {"image": _display_name(name), **info, "motion": None}, name
 
 
 def moving_scene(sources: list[str], shape: tuple[int, int], frames: int, rng: np.random.Generator,
-                 kind: str, max_speed: float) -> tuple[list, list, dict, str]:
+                 kind: str, max_speed: float, bayer: bool = False) -> tuple[list, list, dict, str]:
     """A dynamic video of one motion `kind` (batman.data.motion): its views, masks, description and the
     source of its background."""
     parts = motion.COMPONENTS[kind]
     name = sources[rng.integers(len(sources))]
     camera, canvas_size = motion.draw_camera(rng, parts, shape, frames, max_speed)
-    canvas, info = random_view(read_clean_image(name), canvas_size, rng)
+    canvas, info = random_view(read_clean_image(name, bayer), canvas_size, rng)
 
     def texture(size: tuple[int, int]) -> tuple[np.ndarray, str]:
         source = sources[rng.integers(len(sources))]
-        return random_view(read_clean_image(source), size, rng)[0], _display_name(source)
+        return random_view(read_clean_image(source, bayer), size, rng)[0], _display_name(source)
 
     layers = motion.draw_objects(rng, parts, shape, max_speed, texture)
     light = motion.draw_light(rng, parts, camera, shape, frames)
@@ -336,7 +355,7 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
                ratio: tuple[float, float] = (50.0, 300.0), noise: bool = True, cameras: str = "train",
                exclude: tuple[str, ...] = (), only: tuple[str, ...] = (), test_only: bool = False,
                camera_file: str | Path | None = None,
-               motion_kinds=motion.MOTION_KINDS, max_speed: float = motion.MAX_SPEED) -> None:
+               motion_kinds=motion.MOTION_KINDS, max_speed: float = motion.MAX_SPEED, bayer: bool = False) -> None:
     """Write `videos` static and `dynamic` moving videos of `frames` (H, W) = `size` Bayer frames.
 
     cameras: `one` (one colour matrix for the whole set, like DRV's single RX100 VI), `train` (each
@@ -347,6 +366,7 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
     camera_file: a `batman calibrate` JSON whose sensor (noise, CFA, levels) replaces the sampled one.
     motion_kinds: the dynamic videos' kinds in turn ('pan,zoom' or a tuple, see batman.data.motion);
     max_speed: their fastest motion, pixels per frame on the model's input grid (the truth's).
+    bayer: every photo as `bayer_sampled` renders it (colour aliasing like a real raw's, half the size).
     """
     from tqdm import tqdm
     _check_args(videos, frames, size, seed, ratio)
@@ -370,9 +390,9 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
                                calibrated=calibrated)
         if moving:
             views, masks, info, source = moving_scene(sources, shape, frames, rng, kinds[index % len(kinds)],
-                                                      max_speed)
+                                                      max_speed, bayer)
         else:
-            (views, info, source), masks = static_scene(sources, shape, rng), ()
+            (views, info, source), masks = static_scene(sources, shape, rng, bayer), ()
         write_video(root, vid, views, frames, with_source_colour(camera, source), info, rng, masks)
     for name, ids in zip(("train", "val", "test"), ([], [], static_ids) if test_only else split_ids(static_ids)):
         atomic_write_text(root / f"{name}_list.txt", "".join(f"{vid}\n" for vid in ids))
