@@ -96,7 +96,7 @@ def main() -> None:
         rows.append(column_psnrs(model, clips[i], args.frames, WEIGHTS, args.rule_c, args.cap_rule, args.caps,
                                  args.cap_blocks))
         print(f"{video.id:6s} " + "  ".join(f"{p:6.2f}" for p in rows[-1]), flush=True)
-    print("mean   " + "  ".join(f"{p:6.2f}" for p in np.mean(rows, axis=0)))
+    print("mean   " + "  ".join(f"{p:6.3f}" for p in np.mean(rows, axis=0)))
 
 
 if __name__ == "__main__":
