@@ -281,9 +281,9 @@ def test_extra_data_sets_are_comma_lists(tmp_path):
     from batman.train import Dist, build_data
     synthesize(tmp_path / "main", videos=5, frames=6, size=(128, 192), seed=3)
     for i, name in enumerate(("a", "b")):
-        synthesize(tmp_path / name, videos=1, frames=6, size=(128, 192), seed=4 + i, dynamic=1)
+        synthesize(tmp_path / name, videos=3, frames=6, size=(128, 192), seed=4 + i, dynamic=1)
     both = f"{tmp_path / 'a'}, {tmp_path / 'b'}"
     train_set, *_ = build_data(tiny_cfg(tmp_path / "main", **{"data.extra_static": both,
                                                                "data.extra_dynamic": both}), Dist())
     sources = [v.frames[0].parent.parent.parent.name for v in train_set.videos]
-    assert sources.count("a") == sources.count("b") == 2  # each set's static video and its moving one
+    assert sources.count("a") == sources.count("b") == 4  # each set's three static videos and its moving one
