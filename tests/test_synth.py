@@ -247,6 +247,9 @@ def test_synth_bayer_sampled_writes_half_size_photos_into_the_same_views(tmp_pat
                    bayer=bayer)
     plain, sampled = (read_png16(tmp_path / b / "long" / "0001" / "half0001.png") for b in ("False", "True"))
     assert plain.shape == sampled.shape and not np.array_equal(plain, sampled)
+    meta = json.loads((tmp_path / "True" / "long" / "0001" / "synth.json").read_text())
+    assert meta["bayer_sampled"] is True and "bayer_sampled" not in json.loads(
+        (tmp_path / "False" / "long" / "0001" / "synth.json").read_text())
 
 
 def test_empty_image_folder_is_a_cli_error(tmp_path, capsys):

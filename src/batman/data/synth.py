@@ -135,6 +135,7 @@ def read_clean_image(source: str, bayer: bool = False) -> np.ndarray:
 
 
 def read_photo(source: str) -> np.ndarray:
+    """An skimage image name or a photo file -> float32 sRGB (H, W, 3) in [0, 1]."""
     if source in SKIMAGE_IMAGES:
         import skimage.data
         image = skimage.data.stereo_motorcycle()[0] if source == "motorcycle" else getattr(skimage.data, source)()
@@ -393,6 +394,7 @@ def synthesize(out: str | Path, videos: int, frames: int, size: tuple[int, int],
                                                       max_speed, bayer)
         else:
             (views, info, source), masks = static_scene(sources, shape, rng, bayer), ()
+        info = info | ({"bayer_sampled": True} if bayer and not is_raw_source(source) else {})
         write_video(root, vid, views, frames, with_source_colour(camera, source), info, rng, masks)
     for name, ids in zip(("train", "val", "test"), ([], [], static_ids) if test_only else split_ids(static_ids)):
         atomic_write_text(root / f"{name}_list.txt", "".join(f"{vid}\n" for vid in ids))
