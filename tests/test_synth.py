@@ -227,12 +227,12 @@ def test_bad_arguments_are_one_line_errors(tmp_path, kwargs, message):
 
 def test_bayer_sampled_photos_keep_flat_colour_and_alias_fine_detail_into_colour():
     from batman.data.synth import bayer_sampled
+    from batman.isp import gamma_srgb
     flat = np.full((8, 10, 3), [0.2, 0.5, 0.7], np.float32)
     assert bayer_sampled(flat).shape == (4, 5, 3)
     np.testing.assert_allclose(bayer_sampled(flat), flat[:4, :5], atol=1e-5)
     stripes = np.zeros((8, 8, 3), np.float32)
-    stripes[:, 1::2] = 1.0  # grey columns a pixel wide: R and B sit in the dark columns, the greens in both
-    from batman.isp import gamma_srgb
+    stripes[:, 1::2] = 1.0  # white columns a pixel wide: R sits in the dark ones, B in the white, the greens in both
     expected = np.broadcast_to(np.array([0.0, gamma_srgb(np.array(0.5)), 1.0], np.float32), (4, 4, 3))
     np.testing.assert_allclose(bayer_sampled(stripes), expected, atol=1e-5)  # grey detail became colour
 
