@@ -65,8 +65,6 @@ def column_psnrs(model, clip: dict, frames: int, weights, rule_cs, rule: float, 
         return [bases[k] + head.residual_scale(*calls[k]) * residuals[k] for k in range(frames)]
     outputs = [[bases[k] + a * residuals[k] for k in range(frames)] for a in weights]
     outputs += [weighted(c) for c in rule_cs] + [weighted(rule, cap, block) for cap in caps for block in blocks]
-    head.residual_rule = head.residual_cap = 0.0
-    head.residual_cap_block = 0
     return [float(np.mean([psnr(out, truth[:, k]) for k, out in enumerate(outs)])) for outs in outputs]
 
 

@@ -49,8 +49,13 @@ def residual_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float) 
     r = residual.float().flatten(1)
     spread = (r - r.mean(1, keepdim=True)).pow(2).mean(1).sqrt()
     held_rms = held.float().flatten(1).pow(2).mean(1).sqrt()
+    return cap_ratio(held_rms, spread, cap).view(-1, 1, 1, 1)
+
+
+def cap_ratio(held_rms: torch.Tensor, spread: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(1, cap x held_rms / spread), elementwise; 1 where no held noise is measured (zero)."""
     weight = (cap * held_rms / spread.clamp_min(1e-12)).clamp(max=1.0)
-    return torch.where(held_rms > 0, weight, torch.ones_like(weight)).view(-1, 1, 1, 1)
+    return torch.where(held_rms > 0, weight, torch.ones_like(weight))
 
 
 def residual_block_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: float, block: int) -> torch.Tensor:
@@ -62,8 +67,7 @@ def residual_block_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: f
     scale = residual.shape[-1] // held.shape[-1]
     held_rms = F.avg_pool2d(held.float().pow(2).mean(1, keepdim=True), block).sqrt()
     spread = F.avg_pool2d(residual.float().pow(2).mean(1, keepdim=True), block * scale).sqrt()
-    weight = (cap * held_rms / spread.clamp_min(1e-12)).clamp(max=1.0)
-    weight = torch.where(held_rms > 0, weight, torch.ones_like(weight))
+    weight = cap_ratio(held_rms, spread, cap)
     return weight.repeat_interleave(block * scale, dim=2).repeat_interleave(block * scale, dim=3)
 
 
