@@ -1,4 +1,5 @@
-"""Motion-compensated recurrence (model.align=flow): a translation is followed, nothing moves when nothing moves."""
+"""Motion-compensated recurrence (model.align=flow per pixel, model.align=camera one affine map per frame): motion
+is followed, nothing moves when nothing moves."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from batman.config import ModelCfg
-from batman.model.align import FlowAlign, warp
+import math
+
+from batman.model.align import CameraAlign, FlowAlign, correlation, descriptor, peak, warp
 from batman.model.net import build_model, pad_to_multiple
 
 TINY = ModelCfg(hidden=16, fusion=16, layers=1, head_width=8)
@@ -39,7 +42,7 @@ def test_untrained_flow_follows_a_translation_and_warps_the_filter_state():
     with torch.no_grad():
         _, state = model.step(x[:, 0])
         frame = pad_to_multiple(x[:, 1])
-        flow = model.align.flow(model.align.descriptor(frame), state["align"], model.fusion(model.encoder(frame)))
+        flow = model.align.flow(descriptor(frame), state["align"], model.fusion(model.encoder(frame)))
         m = warp(state["head"][0], flow)
     inner = flow[..., 2:-2, 2:-2]  # stride 4: 8 input pixels from the borders
     assert (inner[:, 1] - SHIFT / 4).abs().median() < 0.1 and inner[:, 0].abs().median() < 0.1
@@ -93,8 +96,69 @@ def test_margin_keeps_a_noisy_still_scene_still_and_a_translation_moving():
     moving = scene(2)
     for margin in (0.0, 0.3):
         align = FlowAlign(8, margin=margin)
-        zs = [align.descriptor(f) for f in still]
-        share = (align.peak(align.correlation(zs[1], zs[0])).abs().sum(1) > 0).float().mean()
+        zs = [descriptor(f) for f in still]
+        share = (peak(correlation(zs[1], zs[0], align.radius), align.radius, margin).abs().sum(1) > 0).float().mean()
         assert share == 1.0 if margin == 0 else share == 0.0
-        flow = align.peak(align.correlation(align.descriptor(moving[:, 1]), align.descriptor(moving[:, 0])))
+        flow = peak(correlation(descriptor(moving[:, 1]), descriptor(moving[:, 0]), align.radius), align.radius)
         assert (flow[:, 1, 2:-2, 2:-2] - SHIFT / 4).abs().median() < 0.1
+
+
+def texture(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.avg_pool2d(torch.rand(1, 4, h + 4, w + 4, generator=g), 5, 1)
+
+
+def affine_view(image: torch.Tensor, angle: float = 0.0, zoom: float = 1.0) -> torch.Tensor:
+    """image seen through a camera rotated by `angle` and zoomed by `zoom` about its centre."""
+    c, s = math.cos(angle) * zoom, math.sin(angle) * zoom
+    theta = torch.tensor([[[c, -s, 0.0], [s, c, 0.0]]])
+    return F.grid_sample(image, F.affine_grid(theta, image.shape, align_corners=False), align_corners=False)
+
+
+def camera_flow(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    align = CameraAlign()
+    _, previous = align(first, None, None)
+    return align(second, None, previous)[0]
+
+
+def test_camera_align_fits_a_pan_a_rotation_and_a_zoom():
+    """The affine map of the camera's motion, in stride-4 pixels, within 0.1 of the true one on average."""
+    flow = camera_flow(*scene(2).unbind(1))
+    assert (flow[:, 1] - SHIFT / 4).abs().mean() < 0.1 and flow[:, 0].abs().mean() < 0.1
+    image = texture(128, 128)[..., :128, :128]
+    ys, xs = torch.meshgrid(torch.arange(32) - 15.5, torch.arange(32) - 15.5, indexing="ij")
+    for angle, zoom in ((math.radians(3), 1.0), (0.0, 1.04)):
+        c, s = math.cos(angle) * zoom, math.sin(angle) * zoom
+        flow = camera_flow(image, affine_view(image, angle, zoom))
+        expected = torch.stack([s * xs + (c - 1) * ys, (c - 1) * xs - s * ys])  # where each pixel was before
+        assert (flow[0] - expected)[:, 4:-4, 4:-4].abs().mean() < 0.1 < expected.abs().max()
+
+
+def test_camera_align_keeps_still_scenes_and_moving_objects_exactly_still():
+    """Noise on a still texture, or one small object crossing it: no camera motion, a flow of exactly zero."""
+    g = torch.Generator().manual_seed(1)
+    still = [scene(1)[:, 0] + 0.1 * torch.randn(1, 4, 64, 64, generator=g) for _ in range(3)]
+    assert camera_flow(still[0], still[1]).abs().max() == 0 and camera_flow(still[1], still[2]).abs().max() == 0
+    background, patch = texture(96, 96, seed=2)[..., :96, :96], texture(16, 16, seed=3)[..., :16, :16]
+    frames = []
+    for k in range(2):
+        frame = background.clone()
+        frame[..., 40:56, 20 + 8 * k:36 + 8 * k] = patch
+        frames.append(frame + 0.02 * torch.randn(1, 4, 96, 96, generator=g))
+    assert camera_flow(*frames).abs().max() == 0
+
+
+def test_camera_aligned_model_has_the_plain_weights_and_follows_a_pan():
+    """No parameters of its own (trained weights load as they are), the plain model's output on a still scene
+    bit for bit, and no ghost on a pan where the plain filter averages shifted frames."""
+    torch.manual_seed(0)
+    plain = build_model(TINY, 4).eval()
+    aligned = build_model(replace(TINY, align="camera"), 4).eval()
+    aligned.load_state_dict(plain.state_dict())  # strict: the same keys
+    still = scene(1).repeat(1, 4, 1, 1, 1)
+    x = scene(6)
+    seen = (..., slice(8, -8), slice(4, 64 - 5 * SHIFT))
+    with torch.no_grad():
+        assert torch.equal(plain(still)[0], aligned(still)[0])
+        errors = [(model(x)[1]["head"][0] - x[:, -1])[seen].abs().mean() for model in (plain, aligned)]
+    assert errors[1] < 0.35 * errors[0]

@@ -488,7 +488,7 @@ def test_describe_models_lists_every_variant():
     assert "(B,8,3,64,96)" in text and "* clstm" in text and "7.76 M" in text
 
 
-@pytest.mark.parametrize("align", ["none", "flow"])
+@pytest.mark.parametrize("align", ["none", "flow", "camera"])
 def test_with_base_returns_the_filter_state_through_the_pipeline_and_the_same_output(align):
     torch.manual_seed(0)
     model = build_model(tiny(head="recursive", align=align), 4).eval()

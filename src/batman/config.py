@@ -78,10 +78,12 @@ class ModelCfg:
                               # (the recursive head filters the input itself)
     encoder_weights: str = "" # local torchvision resnet18 state dict (ImageNet); empty: random init
     checkpointing: bool = False  # gradient checkpointing in the encoder (saves memory, costs time)
-    align: str = "none"       # none | flow: warp the recurrent states by the flow from the previous frame's
-                              # features before each update (model/align.py), so the filter follows motion
+    align: str = "none"       # none | flow | camera: warp the recurrent states by the flow from the previous
+                              # frame's features before each update (model/align.py), so the filter follows
+                              # motion; camera: one affine map per frame (the camera's motion), no parameters
     align_margin: float = 0.0 # flow: no motion where the best match beats no motion by less than this
-                              # (normalised correlation; 0: off): noise makes static scenes jitter otherwise
+                              # (normalised correlation; 0: off); camera: where the affine map does not (0: the
+                              # measured 0.005 of model/align.py): noise makes static scenes jitter otherwise
     size: str = "default"     # default (ResNet-18 encoder) | lite (real-time: model/lite.py); setting it also
                               # sets the widths in SIZES, except those given in the same overrides
     pipeline: str = "learned" # recursive head's colour matrix and tone curve: learned | fixed (identity, the
@@ -354,7 +356,7 @@ CHECKS: dict[str, Check] = {
     "model.kernel": _odd(1, 15), "model.fusion": _int(1, 4096), "model.t_kernel": _int(1, 32),
     "model.norm": _choice("batch", "group", "frozen"), "model.head": _choice("recursive", "skip", "shuffle"),
     "model.head_width": _int(1, 1024), "model.scale": _int(1, 2), "model.mean_input": _flag,
-    "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow"),
+    "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow", "camera"),
     "model.align_margin": _real(0, 2),
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
     "model.encoder_mean": _flag, "model.gate_evidence": _flag,

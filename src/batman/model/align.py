@@ -30,6 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RADIUS = 4
+# camera: the least gain in mean correlation over no motion that counts as motion; still held-out videos
+# reach 0.002 by chance, the slowest camera motions that align better 0.01 (docs/RESULTS.md, tenth session)
+CAMERA_MARGIN = 0.005
+REFINEMENTS = 1
 
 
 class FlowAlign(nn.Module):
@@ -41,51 +45,153 @@ class FlowAlign(nn.Module):
         nn.init.zeros_(self.refine.weight)
         nn.init.zeros_(self.refine.bias)
 
-    @staticmethod
-    def descriptor(frame: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) input -> (B, 9, H/4, W/4) zero-mean, unit-norm 3x3 patches of its stride-4 brightness."""
-        y = F.avg_pool2d(frame.float().mean(1, keepdim=True), 4)
-        y = y - F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, 1)
-        patches = F.unfold(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3).unflatten(-1, y.shape[-2:])
-        return F.normalize(patches - patches.mean(1, keepdim=True), dim=1, eps=1e-6)
-
-    def correlation(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        """<new(p), old(p + d)> for every d: (B, (2R+1)^2, h, w)."""
-        r, (h, w) = self.radius, new.shape[-2:]
-        b = F.pad(old, (r, r, r, r), mode="replicate")
-        side = 2 * r + 1
-        corr = torch.stack([(new * b[..., i:i + h, j:j + w]).sum(1) for i in range(side) for j in range(side)], 1)
-        return F.avg_pool2d(F.pad(corr, (1, 1, 1, 1), mode="replicate"), 3, 1)  # aggregated: a steadier peak
-
     def flow(self, z: torch.Tensor, previous: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """(B, 2, h, w): where each pixel of the new frame was in the previous one, in stride-4 pixels (dy, dx)."""
-        corr = self.correlation(z, previous)
-        return self.peak(corr) + self.refine(torch.cat([corr, feats.float()], 1))
-
-    def peak(self, corr: torch.Tensor) -> torch.Tensor:
-        """The best displacement of every pixel with its parabolic sub-pixel correction: (B, 2, h, w)."""
-        side = 2 * self.radius + 1
-        best = corr.argmax(1)
-        iy, ix = best // side, best % side
-
-        def at(dy: int, dx: int) -> torch.Tensor:
-            index = (iy + dy).clamp(0, side - 1) * side + (ix + dx).clamp(0, side - 1)
-            return corr.gather(1, index.unsqueeze(1)).squeeze(1)
-
-        centre = at(0, 0)
-        offsets = [parabola(at(-1, 0), centre, at(1, 0)), parabola(at(0, -1), centre, at(0, 1))]
-        flow = torch.stack([iy - self.radius + offsets[0], ix - self.radius + offsets[1]], 1).float()
-        if self.margin > 0:
-            still = centre - corr[:, self.radius * side + self.radius] < self.margin
-            flow = flow.masked_fill(still.unsqueeze(1), 0.0)
-        return flow
+        corr = correlation(z, previous, self.radius)
+        return peak(corr, self.radius, self.margin) + self.refine(torch.cat([corr, feats.float()], 1))
 
     def forward(self, frame: torch.Tensor, feats: torch.Tensor, state):
         """frame (B, C, H, W) and its features (B, F, H/4, W/4); state: the previous descriptor or None ->
         (flow or None, the new descriptor)."""
-        z = self.descriptor(frame)
+        z = descriptor(frame)
         return (None if state is None else self.flow(z, state, feats)), z
 
+
+class CameraAlign(nn.Module):
+    """model.align=camera: one affine map per frame for the whole state, the camera's motion (a pan, a rotation,
+    a zoom are affine), fitted to the block matches and kept only where it beats no motion at all.
+
+    Per-pixel flows (FlowAlign) are noise wherever the frame is flat or dark, and warping a still scene by
+    noise blurs it; a single affine map pools all pixels' evidence instead. From the correlation volume
+    (`correlation`): the translation that the whole frame matches best starts an iteratively reweighted
+    least-squares fit of flow(p) = A [1, y, x] to the per-pixel peaks (`peak`), each weighted by how far its
+    best match stands above its mean match, with Tukey's biweight (c = 1 stride-4 pixel) to drop moving
+    objects and failed matches. The map is used when the correlation it predicts, averaged over the frame
+    (bicubic between the integer displacements: bilinear never rates a sub-pixel shift above its nearest
+    integer one), beats that of no motion by more than `margin`; otherwise the flow is exactly zero (a still
+    scene is not resampled: every bilinear warp blurs the state a little, and the blur adds up frame after
+    frame). No parameters: trained weights take it as they are.
+    """
+
+    def __init__(self, radius: int = RADIUS, margin: float = CAMERA_MARGIN, iterations: int = 5,
+                 refinements: int = REFINEMENTS):
+        super().__init__()
+        self.radius, self.margin, self.iterations, self.refinements = radius, margin, iterations, refinements
+
+    def forward(self, frame: torch.Tensor, feats: torch.Tensor, state):
+        """As FlowAlign.forward; the flow (B, 2, h, w) is affine in (y, x) or zero, per frame."""
+        z = descriptor(frame)
+        if state is None:
+            return None, z
+        corr = correlation(z, state, self.radius)
+        fitted = self.affine_flow(corr)
+        for _ in range(self.refinements):  # the peaks' sub-pixel parts lean to whole pixels: fit what is left
+            residual = self.affine_flow(correlation(z, warp(state, fitted), self.radius),
+                                        inside(fitted, corr.shape[-2:], 1))
+            fitted = (fitted + residual).clamp(-self.radius, self.radius)
+        gain = mean_correlation_at(corr, fitted, self.radius) - mean_correlation_at(corr, 0 * fitted, self.radius)
+        return fitted * (gain > self.margin).float().view(-1, 1, 1, 1), z
+
+    def affine_flow(self, corr: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2, h, w): the affine flow fitted to the per-pixel peaks of `corr` (where `valid` (B, h, w), if
+        given), within [-R, R]."""
+        b, _, h, w = corr.shape
+        r, side = self.radius, 2 * self.radius + 1
+        flows = peak(corr, r).flatten(2).transpose(1, 2)                      # (B, N, 2)
+        confidence = (corr.amax(1) - corr.mean(1)).clamp(min=0)
+        confidence = (confidence if valid is None else confidence * valid).flatten(1)  # (B, N)
+        basis = affine_basis(h, w, corr.device)                                # (N, 3)
+        best = corr.mean((2, 3)).argmax(1)                                     # the whole frame's best shift
+        shift = torch.stack([best // side - r, best % side - r], 1).float()   # (B, 2)
+        coef = torch.cat([shift.unsqueeze(1), torch.zeros_like(shift).unsqueeze(1).expand(-1, 2, -1)], 1)
+        for _ in range(self.iterations):
+            residual = (basis @ coef - flows).norm(dim=-1)
+            weight = confidence * (1 - residual.clamp(max=1) ** 2) ** 2       # Tukey's biweight, c = 1
+            weighted = basis * weight.unsqueeze(-1)                            # (B, N, 3)
+            normal = weighted.transpose(1, 2) @ basis + 1e-6 * torch.eye(3, device=corr.device)
+            coef = solve3(normal, weighted.transpose(1, 2) @ flows)
+        return (basis @ coef).clamp(-r, r).transpose(1, 2).unflatten(-1, (h, w))
+
+
+def inside(flow: torch.Tensor, size, border: float) -> torch.Tensor:
+    """(B, h, w): 1 where p + flow(p) lies at least `border` pixels inside the (h, w) = `size` frame, else 0
+    (content that was not in the previous frame: its match there is the replicated edge, not a motion).
+    `size` from the correlation's shape, not the flow's: an ONNX trace keeps the former dynamic."""
+    rows = torch.arange(size[0], device=flow.device, dtype=flow.dtype).view(-1, 1)
+    cols = torch.arange(size[1], device=flow.device, dtype=flow.dtype).view(1, -1)
+    ys, xs = rows + flow[:, 0], cols + flow[:, 1]
+    return ((ys >= border) & (ys <= rows.max() - border) & (xs >= border) & (xs <= cols.max() - border)).to(flow.dtype)
+
+
+def affine_basis(h: int, w: int, device) -> torch.Tensor:
+    """(h * w, 3): [1, y, x] per pixel, y and x centred, in units of 64 pixels (a well-conditioned fit; a fixed
+    unit, not the frame's size, so that an exported graph serves every size)."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32) / 64,
+                            torch.arange(w, device=device, dtype=torch.float32) / 64, indexing="ij")
+    return torch.stack([torch.ones_like(ys), ys - ys.mean(), xs - xs.mean()], -1).flatten(0, 1)
+
+
+def solve3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (B, 3, 3) symmetric positive definite, b (B, 3, K) -> a^-1 b by the adjugate: plain arithmetic, which
+    ONNX exports (torch.linalg.solve is not an ONNX operator)."""
+    col = [a[:, :, i] for i in range(3)]
+    adjugate = torch.stack([cross(col[1], col[2]), cross(col[2], col[0]), cross(col[0], col[1])], 1)
+    det = (col[0] * adjugate[:, 0]).sum(1)
+    return (adjugate @ b) / det.view(-1, 1, 1)
+
+
+def cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B, 3) x (B, 3), written out (as solve3, for ONNX)."""
+    return torch.stack([u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1], u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2],
+                        u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]], 1)
+
+
+def mean_correlation_at(corr: torch.Tensor, flow: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B,): corr_{flow(p)}(p) averaged over p, bicubic between the integer displacements."""
+    b, _, h, w = corr.shape
+    side = 2 * radius + 1
+    volumes = corr.permute(0, 2, 3, 1).reshape(b * h * w, 1, side, side)
+    grid = flow.permute(0, 2, 3, 1).reshape(b * h * w, 1, 1, 2).flip(-1) / radius  # (x, y) in [-1, 1]
+    sampled = F.grid_sample(volumes, grid, mode="bicubic", padding_mode="border", align_corners=True)
+    return sampled.view(b, h * w).mean(1)
+
+
+def descriptor(frame: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) input -> (B, 9, H/4, W/4) zero-mean, unit-norm 3x3 patches of its stride-4 brightness."""
+    y = F.avg_pool2d(frame.float().mean(1, keepdim=True), 4)
+    y = y - F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    padded, (h, w) = F.pad(y, (1, 1, 1, 1), mode="replicate"), y.shape[-2:]
+    patches = torch.cat([padded[..., i:i + h, j:j + w] for i in range(3) for j in range(3)], 1)  # = F.unfold's
+    return F.normalize(patches - patches.mean(1, keepdim=True), dim=1, eps=1e-6)
+
+
+def correlation(new: torch.Tensor, old: torch.Tensor, radius: int) -> torch.Tensor:
+    """<new(p), old(p + d)> for every d in [-R, R]^2, box-aggregated (a steadier peak): (B, (2R+1)^2, h, w)."""
+    r, (h, w) = radius, new.shape[-2:]
+    b = F.pad(old, (r, r, r, r), mode="replicate")
+    side = 2 * r + 1
+    corr = torch.stack([(new * b[..., i:i + h, j:j + w]).sum(1) for i in range(side) for j in range(side)], 1)
+    return F.avg_pool2d(F.pad(corr, (1, 1, 1, 1), mode="replicate"), 3, 1)
+
+
+def peak(corr: torch.Tensor, radius: int, margin: float = 0.0) -> torch.Tensor:
+    """The best displacement of every pixel with its parabolic sub-pixel correction: (B, 2, h, w); 0 where it
+    beats no motion by less than `margin` (0: off)."""
+    side = 2 * radius + 1
+    best = corr.argmax(1)
+    iy, ix = best // side, best % side
+
+    def at(dy: int, dx: int) -> torch.Tensor:
+        index = (iy + dy).clamp(0, side - 1) * side + (ix + dx).clamp(0, side - 1)
+        return corr.gather(1, index.unsqueeze(1)).squeeze(1)
+
+    centre = at(0, 0)
+    offsets = [parabola(at(-1, 0), centre, at(1, 0)), parabola(at(0, -1), centre, at(0, 1))]
+    flow = torch.stack([iy - radius + offsets[0], ix - radius + offsets[1]], 1).float()
+    if margin > 0:
+        still = centre - corr[:, radius * side + radius] < margin
+        flow = flow.masked_fill(still.unsqueeze(1), 0.0)
+    return flow
 
 def parabola(before: torch.Tensor, centre: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """Vertex of the parabola through (-1, before), (0, centre), (1, after), in [-1/2, 1/2]; 0 where flat."""
@@ -112,8 +218,8 @@ def warp_state(state, flow: torch.Tensor, size: tuple[int, int]):
     """Warp every (B, C, h, w) or (B, C, 4h, 4w) tensor of a nested state (lists, tuples, dicts); others
     (counts, 5-d buffers) pass through. `size` = (h, w) of the flow."""
     if isinstance(state, torch.Tensor):
-        spatial = tuple(state.shape[-2:])
-        grids = {size, (size[0] * 4, size[1] * 4)}
+        spatial = tuple(int(n) for n in state.shape[-2:])  # ints: a traced export's sizes are tensors
+        grids = {tuple(int(n) for n in size), (int(size[0]) * 4, int(size[1]) * 4)}
         return warp(state, flow) if state.dim() == 4 and spatial in grids else state
     if isinstance(state, dict):
         return {k: warp_state(v, flow, size) for k, v in state.items()}

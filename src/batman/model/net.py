@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from batman.config import BatmanError, Config, ModelCfg
 from batman.isp import gamma_srgb
-from batman.model.align import FlowAlign, warp_state
+from batman.model.align import CAMERA_MARGIN, CameraAlign, FlowAlign, warp_state
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.denoiser import BaseDenoiser
@@ -398,6 +398,11 @@ class ClipConvLSTM(nn.Module):
         return torch.stack(outs, 1), state
 
 
+ALIGNS = {"none": lambda cfg: None,
+          "flow": lambda cfg: FlowAlign(cfg.fusion, margin=cfg.align_margin),
+          "camera": lambda cfg: CameraAlign(margin=cfg.align_margin or CAMERA_MARGIN)}
+
+
 class VideoNet(nn.Module):
     """Encoder + MFF on every frame (batched over B*T), a temporal module at stride 4, a head.
 
@@ -422,9 +427,9 @@ class VideoNet(nn.Module):
         self.fusion = MFF(encoder.channels, cfg.fusion, cfg.norm)
         self.temporal = temporal
         self.head = HEADS[cfg.head](cfg, in_channels, packed)
-        if cfg.align not in ("none", "flow"):
-            raise BatmanError(f"unknown model.align {cfg.align!r}; choose none or flow")
-        self.align = FlowAlign(cfg.fusion, margin=cfg.align_margin) if cfg.align == "flow" else None
+        if cfg.align not in ALIGNS:
+            raise BatmanError(f"unknown model.align {cfg.align!r}; choose one of {', '.join(ALIGNS)}")
+        self.align = ALIGNS[cfg.align](cfg)
         if cfg.state_reset and cfg.head != "recursive":
             raise BatmanError("model.state_reset compares each frame with the recursive head's filter state: "
                               "it needs model.head=recursive")
