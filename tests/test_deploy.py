@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from batman.cli import main
 from batman.config import make_config
-from batman.model.net import model_for
+from batman.model.net import model_for, pad_to_multiple
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -130,3 +131,25 @@ def test_cli_export_model_from_a_checkpoint_keeps_its_weights(tmp_path, capsys):
     assert main(["export-model", "--lite", "--model", str(default), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "holds a model.size=default model" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path):
+    """model.align=camera in the graph: on a panning texture, at a size other than the traced one, onnxruntime's
+    step warps the states as PyTorch's does (and PyTorch did find the motion, so the check is not vacuous)."""
+    from batman.model.align import CameraAlign
+    cfg = make_config("", {"model.align": "camera"})
+    model = perturbed_model(cfg)
+    path = tmp_path / "m.onnx"
+    layout = export_onnx(model, cfg, path, example_size=(64, 96))
+    assert [name for name, _, _ in layout["state"]][-1] == "state_align"
+    g = torch.Generator().manual_seed(3)
+    texture = F.avg_pool2d(torch.rand(1, 4, 100, 140 + 6 * 4, generator=g), 5, 1)
+    frames = [texture[..., :96, 6 * k:6 * k + 128] for k in range(5)]  # 6 pixels a frame
+    found = []
+    with torch.no_grad():
+        state = None
+        for frame in frames:
+            flow, state = CameraAlign()(pad_to_multiple(frame), None, state)
+            found += [] if flow is None else [flow[:, 1].mean().item()]
+    assert min(found) > 1.0  # 1.5 stride-4 pixels a frame
+    assert stream_both(model, path, frames) <= 1e-3

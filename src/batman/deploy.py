@@ -32,6 +32,7 @@ from torch.utils import _pytree as pytree
 
 from batman.config import BatmanError, Config
 from batman.files import atomic_path
+from batman.model.align import FlowAlign, warp_state
 from batman.model.net import PAD_MULTIPLE, FrameNet, RecursiveHead, VideoNet, model_for
 
 FORMATS = ("onnx",)
@@ -85,9 +86,9 @@ class StepGraph(nn.Module):
         super().__init__()
         if not isinstance(model, (VideoNet, FrameNet)):
             raise BatmanError(f"export: no exporter for {type(model).__name__}")
-        if getattr(model, "align", None) is not None:  # forward below has no flow step: it would drop it silently
-            raise BatmanError("export: model.align=flow has no ONNX export yet (its flow search is not traced); "
-                              "export a model without it")
+        if isinstance(getattr(model, "align", None), FlowAlign):
+            raise BatmanError("export: model.align=flow has no ONNX export yet (its per-pixel flow search is not "
+                              "checked against onnxruntime); export a model without it (model.align=camera exports)")
         self.model = model.eval()
         self.leaves, self.spec = state_layout(model, in_channels)
 
@@ -101,14 +102,19 @@ class StepGraph(nn.Module):
         if isinstance(self.model.head, RecursiveHead):
             m, count = state["head"]
             state["head"] = (torch.where(count > 0, m, x), count)  # a zero count: the filter starts at the frame
+        seen, mean = self.model.encoder_input(x.unsqueeze(1), state.get("mean"))
+        feats = self.model.fusion(self.model.encoder(seen[:, 0]))
+        aligned = {}
+        if self.model.align is not None:  # a zero descriptor (first frame) matches nothing: no motion, no warp
+            flow, aligned["align"] = self.model.align(x, feats, state["align"])
+            state["temporal"], state["head"] = warp_state((state["temporal"], state["head"]), flow,
+                                                          tuple(feats.shape[-2:]))
         if self.model.reset is not None:  # a no-op on the first frame: the filter is the frame, the memory zero
             state["temporal"], state["head"] = self.model.reset(state["temporal"], state["head"], x,
                                                                 self.model.head.colours)
-        seen, mean = self.model.encoder_input(x.unsqueeze(1), state.get("mean"))
-        feats = self.model.fusion(self.model.encoder(seen[:, 0])).unsqueeze(1)
-        feats, temporal = self.model.temporal(feats, state["temporal"])
+        feats, temporal = self.model.temporal(feats.unsqueeze(1), state["temporal"])
         y, head = self.model.head(feats, x.unsqueeze(1), state["head"], valid=(h, w))
-        leaves = pytree.tree_leaves({"temporal": temporal, "head": head, **({"mean": mean} if mean else {})})
+        leaves = pytree.tree_leaves({"temporal": temporal, "head": head, **aligned, **({"mean": mean} if mean else {})})
         return (y[:, 0, :, :h * s, :w * s], *leaves)
 
     def zero_state(self, h: int, w: int) -> list[torch.Tensor]:
