@@ -105,7 +105,7 @@ class StepGraph(nn.Module):
         seen, mean = self.model.encoder_input(x.unsqueeze(1), state.get("mean"))
         feats = self.model.fusion(self.model.encoder(seen[:, 0]))
         aligned = {}
-        if self.model.align is not None:  # a zero descriptor (first frame) matches nothing: no motion, no warp
+        if self.model.align is not None:  # a zero descriptor (first frame) matches nothing: a zero flow
             flow, aligned["align"] = self.model.align(x, feats, state["align"])
             state["temporal"], state["head"] = warp_state((state["temporal"], state["head"]), flow,
                                                           tuple(feats.shape[-2:]))

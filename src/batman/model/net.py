@@ -407,8 +407,9 @@ class VideoNet(nn.Module):
     """Encoder + MFF on every frame (batched over B*T), a temporal module at stride 4, a head.
 
     state = {"temporal": the temporal module's state, "head": the head's (running mean or filter) or None};
-    with cfg.align = "flow" also "align": the previous frame's matching descriptor, and before each frame's
-    update both states are warped by the flow estimated from it (model/align.py); with cfg.encoder_mean
+    with cfg.align = "flow" or "camera" also "align": the previous frame's matching descriptor, and before each
+    frame's update both states are warped by the flow estimated from it (per pixel, or one affine map per frame;
+    model/align.py); with cfg.encoder_mean
     also "mean": the running sum and count of the inputs, whose mean the encoder sees beside each frame;
     with cfg.state_reset a StateReset acts on both states before each frame (no state of its own).
     """
