@@ -92,13 +92,14 @@ class CameraAlign(nn.Module):
             residual = self.affine_flow(correlation(z, warp(state, fitted), self.radius),
                                         inside(fitted, corr.shape[-2:], 1))
             fitted = (fitted + residual).clamp(-self.radius, self.radius)
-        gain = mean_correlation_at(corr, fitted, self.radius) - mean_correlation_at(corr, 0 * fitted, self.radius)
+        still = corr[:, self.radius * (2 * self.radius + 1) + self.radius].flatten(1).mean(1)  # d = 0: a lattice value
+        gain = mean_correlation_at(corr, fitted, self.radius) - still
         return fitted * (gain > self.margin).float().view(-1, 1, 1, 1), z
 
     def affine_flow(self, corr: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 2, h, w): the affine flow fitted to the per-pixel peaks of `corr` (where `valid` (B, h, w), if
         given), within [-R, R]."""
-        b, _, h, w = corr.shape
+        h, w = corr.shape[-2:]
         r, side = self.radius, 2 * self.radius + 1
         flows = peak(corr, r).flatten(2).transpose(1, 2)                      # (B, N, 2)
         confidence = (corr.amax(1) - corr.mean(1)).clamp(min=0)
