@@ -135,11 +135,13 @@ def test_cli_export_model_from_a_checkpoint_keeps_its_weights(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path):
-    """model.align=camera in the graph: on a panning texture, at a size other than the traced one, onnxruntime's
-    step warps the states as PyTorch's does (and PyTorch did find the motion, so the check is not vacuous)."""
+@pytest.mark.parametrize("align_to", ["frame", "filter"])
+def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path, align_to):
+    """model.align=camera in the graph (matching the previous frame or the filter state): on a panning texture, at
+    a size other than the traced one, onnxruntime's step warps the states as PyTorch's does (and PyTorch did find
+    the motion, so the check is not vacuous)."""
     from batman.model.align import CameraAlign
-    cfg = make_config("", {"model.align": "camera"})
+    cfg = make_config("", {"model.align": "camera", "model.align_to": align_to})
     model = perturbed_model(cfg)
     path = tmp_path / "m.onnx"
     layout = export_onnx(model, cfg, path, example_size=(64, 96))

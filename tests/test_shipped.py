@@ -51,11 +51,12 @@ def test_release_set_changes_settings_that_need_no_training_and_refuses_the_rest
     cfg = make_config("demo", {"model.hidden": 8, "model.fusion": 8})
     ckpt.save_checkpoint(tmp_path / "run.pt", {"model": model_for(cfg).state_dict(), "config": cfg.to_json()})
     out = tmp_path / "w.safetensors"
-    assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", "model.residual_rule=0.08"]) == 0
+    assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", "model.residual_rule=0.08",
+                 "model.align_to=filter"]) == 0
     assert ckpt.load_model(out)[1].model.residual_rule == 0.08
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    assert sidecar["config"]["model"]["residual_rule"] == 0.08
-    assert sidecar["release_overrides"] == {"model.residual_rule": 0.08}
+    assert sidecar["config"]["model"]["residual_rule"] == 0.08 and sidecar["config"]["model"]["align_to"] == "filter"
+    assert sidecar["release_overrides"] == {"model.residual_rule": 0.08, "model.align_to": "filter"}
     before = out.read_bytes()
     for key in ("model.hidden=16", "model.norm=frozen", "data.bin=1"):  # a trained setting, fitting or not
         assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--set", key]) == 2

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from batman.config import BatmanError, Config, apply_overrides
+from batman.config import RELEASE_KEYS, BatmanError, Config, apply_overrides
 from batman.files import atomic_write_bytes
 
 LAST = "last.pt"
@@ -315,10 +315,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block",  # need no training
-                "data.exposure_level")
 
 
 def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None,

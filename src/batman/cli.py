@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from batman import __version__
-from batman.config import BatmanError, PRESETS, make_config, parse_set
+from batman.config import BatmanError, PRESETS, RELEASE_KEYS, make_config, parse_set
 
 DEVICE_HELP = "cpu, cuda or cuda:N (auto: CUDA when available, else the CPU)"
 
@@ -301,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=Path("trained_model/batman_default.safetensors"),
                     help="the weights file (a .json sidecar goes beside it)")
     sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="change settings that need no training: model.residual_rule, model.residual_cap, "
-                         "data.exposure_level (e.g. model.residual_rule=0.06)")
+                    help=f"change settings that need no training: {', '.join(RELEASE_KEYS)} "
+                         "(e.g. model.residual_rule=0.06)")
 
     sp = add("demo", cmd_demo, "synthesise data, train, evaluate and export, no data set needed")
     sp.add_argument("--out", type=Path, default=Path("result/demo"), help="folder for data, runs and results")

@@ -32,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from batman.config import BatmanError, Config
 from batman.files import atomic_path
-from batman.model.align import FlowAlign, warp_state
+from batman.model.align import FlowAlign, descriptor, warp_state
 from batman.model.net import PAD_MULTIPLE, FrameNet, RecursiveHead, VideoNet, model_for
 
 FORMATS = ("onnx",)
@@ -106,7 +106,10 @@ class StepGraph(nn.Module):
         feats = self.model.fusion(self.model.encoder(seen[:, 0]))
         aligned = {}
         if self.model.align is not None:  # a zero descriptor (first frame) matches nothing: a zero flow
-            flow, aligned["align"] = self.model.align(x, feats, state["align"])
+            reference = state["align"]
+            if self.model.align_to_filter:
+                reference = torch.where(state["head"][1] > 0, descriptor(state["head"][0]), reference)
+            flow, aligned["align"] = self.model.align(x, feats, reference)
             state["temporal"], state["head"] = warp_state((state["temporal"], state["head"]), flow,
                                                           tuple(feats.shape[-2:]))
         if self.model.reset is not None:  # a no-op on the first frame: the filter is the frame, the memory zero

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from batman.config import BatmanError, Config, ModelCfg
 from batman.isp import gamma_srgb
-from batman.model.align import CAMERA_MARGIN, CameraAlign, FlowAlign, warp_state
+from batman.model.align import CAMERA_MARGIN, CameraAlign, FlowAlign, descriptor, warp_state
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.denoiser import BaseDenoiser
@@ -409,7 +409,7 @@ class VideoNet(nn.Module):
     state = {"temporal": the temporal module's state, "head": the head's (running mean or filter) or None};
     with cfg.align = "flow" or "camera" also "align": the previous frame's matching descriptor, and before each
     frame's update both states are warped by the flow estimated from it (per pixel, or one affine map per frame;
-    model/align.py); with cfg.encoder_mean
+    model/align.py), or with cfg.align_to = "filter" from the filter state's descriptor; with cfg.encoder_mean
     also "mean": the running sum and count of the inputs, whose mean the encoder sees beside each frame;
     with cfg.state_reset a StateReset acts on both states before each frame (no state of its own).
     """
@@ -431,6 +431,12 @@ class VideoNet(nn.Module):
         if cfg.align not in ALIGNS:
             raise BatmanError(f"unknown model.align {cfg.align!r}; choose one of {', '.join(ALIGNS)}")
         self.align = ALIGNS[cfg.align](cfg)
+        if cfg.align_to not in ("frame", "filter"):
+            raise BatmanError(f"unknown model.align_to {cfg.align_to!r}; choose frame or filter")
+        self.align_to_filter = self.align is not None and cfg.align_to == "filter"
+        if self.align_to_filter and cfg.head != "recursive":
+            raise BatmanError("model.align_to=filter matches each frame against the recursive head's filter state: "
+                              "it needs model.head=recursive")
         if cfg.state_reset and cfg.head != "recursive":
             raise BatmanError("model.state_reset compares each frame with the recursive head's filter state: "
                               "it needs model.head=recursive")
@@ -479,7 +485,10 @@ class VideoNet(nn.Module):
         for i in range(feats.shape[1]):
             recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
             if self.align is not None:
-                flow, previous = self.align(frames[:, i], feats[:, i], state.get("align"))
+                reference = state.get("align")
+                if self.align_to_filter and reference is not None:
+                    reference = descriptor(recurrent["head"][0])
+                flow, previous = self.align(frames[:, i], feats[:, i], reference)
                 if flow is not None:
                     recurrent = warp_state(recurrent, flow, tuple(feats.shape[-2:]))
             if self.reset is not None and recurrent["head"] is not None and recurrent["temporal"] is not None:
