@@ -393,11 +393,11 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-# Command-line options outside Config, checked the same way: (command, option) -> check.
-# settings that change no weight: `release --set` may change them, and `train --init` may switch them
+# Settings that change no weight: `release --set` may change them, and `train --init` may switch them.
 RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block", "model.align_to",
                 "data.exposure_level")
 
+# Command-line options outside Config, checked the same way: (command, option) -> check.
 OPTION_CHECKS: dict[tuple[str, str], Check] = {
     ("export", "fps"): _real(0, 1000, above_lo=True), ("export", "frames"): _int(0, 10**7),
     ("export", "tile"): _tile,
