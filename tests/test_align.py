@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from batman.config import BatmanError, ModelCfg
 import math
 
-from batman.model.align import CameraAlign, FlowAlign, correlation, descriptor, peak, warp
+from batman.model.align import RATINGS, CameraAlign, FlowAlign, correlation, descriptor, peak, warp
 from batman.model.net import build_model, pad_to_multiple
 
 TINY = ModelCfg(hidden=16, fusion=16, layers=1, head_width=8)
@@ -116,8 +116,8 @@ def affine_view(image: torch.Tensor, angle: float = 0.0, zoom: float = 1.0) -> t
     return F.grid_sample(image, F.affine_grid(theta, image.shape, align_corners=False), align_corners=False)
 
 
-def camera_flow(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    align = CameraAlign()
+def camera_flow(first: torch.Tensor, second: torch.Tensor, rating: str = "bicubic") -> torch.Tensor:
+    align = CameraAlign(rating=rating)
     _, previous = align(first, None, None)
     return align(second, None, previous)[0]
 
@@ -135,18 +135,42 @@ def test_camera_align_fits_a_pan_a_rotation_and_a_zoom():
         assert (flow[0] - expected)[:, 4:-4, 4:-4].abs().mean() < 0.1 < expected.abs().max()
 
 
-def test_camera_align_keeps_still_scenes_and_moving_objects_exactly_still():
-    """Noise on a still texture, or one small object crossing it: no camera motion, a flow of exactly zero."""
+@pytest.mark.parametrize("rating", RATINGS)
+def test_camera_align_keeps_still_scenes_and_moving_objects_exactly_still(rating):
+    """Noise on a still texture, or one small object crossing it: no camera motion, a flow of exactly zero. (On
+    these 16 x 16 stride-4 frames a map fitted to the noise gains 0.014 by chance: the warped rating's margin rises
+    on small frames.)"""
     g = torch.Generator().manual_seed(1)
     still = [scene(1)[:, 0] + 0.1 * torch.randn(1, 4, 64, 64, generator=g) for _ in range(3)]
-    assert camera_flow(still[0], still[1]).abs().max() == 0 and camera_flow(still[1], still[2]).abs().max() == 0
+    assert camera_flow(still[0], still[1], rating).abs().max() == 0
+    assert camera_flow(still[1], still[2], rating).abs().max() == 0
     background, patch = texture(96, 96, seed=2)[..., :96, :96], texture(16, 16, seed=3)[..., :16, :16]
     frames = []
     for k in range(2):
         frame = background.clone()
         frame[..., 40:56, 20 + 8 * k:36 + 8 * k] = patch
         frames.append(frame + 0.02 * torch.randn(1, 4, 96, 96, generator=g))
-    assert camera_flow(*frames).abs().max() == 0
+    assert camera_flow(*frames, rating=rating).abs().max() == 0
+
+
+def periodic_texture(h: int, w: int, shift_x: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """A smooth random texture moved `shift_x` pixels to the right exactly (a phase ramp: no resampling blur)."""
+    g = torch.Generator().manual_seed(seed)
+    spectrum = torch.fft.fft2(torch.rand(1, 4, h, w, generator=g))
+    fy, fx = torch.fft.fftfreq(h).view(-1, 1), torch.fft.fftfreq(w).view(1, -1)
+    lowpass = (fy ** 2 + fx ** 2 < 0.12 ** 2).float()
+    return torch.fft.ifft2(spectrum * lowpass * torch.exp(-2j * math.pi * fx * shift_x)).real
+
+
+def test_the_warped_rating_follows_a_slow_pan_the_bicubic_one_misses():
+    """A pan of 0.8 input pixels (0.2 stride-4 pixels) a frame: the correlation volume read bicubically between
+    whole displacements sags below its sharp peak, so the fitted map rates below no motion and is dropped;
+    the reference warped by the map rates it above (the flow says where each pixel was: -0.2)."""
+    g = torch.Generator().manual_seed(3)
+    first, second = (periodic_texture(256, 256, shift) + 0.01 * torch.randn(1, 4, 256, 256, generator=g)
+                     for shift in (0.0, 0.8))
+    assert camera_flow(first, second, "bicubic").abs().max() == 0
+    assert (camera_flow(first, second, "warped")[:, 1] + 0.2).abs().mean() < 0.05
 
 
 @pytest.mark.parametrize("align_to", ["frame", "filter"])

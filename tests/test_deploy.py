@@ -135,13 +135,13 @@ def test_cli_export_model_from_a_checkpoint_keeps_its_weights(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("align_to", ["frame", "filter"])
-def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path, align_to):
-    """model.align=camera in the graph (matching the previous frame or the filter state): on a panning texture, at
-    a size other than the traced one, onnxruntime's step warps the states as PyTorch's does (and PyTorch did find
-    the motion, so the check is not vacuous)."""
+@pytest.mark.parametrize("align_to, rating", [("frame", "bicubic"), ("filter", "bicubic"), ("filter", "warped")])
+def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path, align_to, rating):
+    """model.align=camera in the graph (matching the previous frame or the filter state; the warped rating's margin
+    follows the frame's size): on a panning texture, at a size other than the traced one, onnxruntime's step warps
+    the states as PyTorch's does (and PyTorch did find the motion, so the check is not vacuous)."""
     from batman.model.align import CameraAlign
-    cfg = make_config("", {"model.align": "camera", "model.align_to": align_to})
+    cfg = make_config("", {"model.align": "camera", "model.align_to": align_to, "model.align_rating": rating})
     model = perturbed_model(cfg)
     path = tmp_path / "m.onnx"
     layout = export_onnx(model, cfg, path, example_size=(64, 96))
@@ -153,7 +153,7 @@ def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path, a
     with torch.no_grad():
         state = None
         for frame in frames:
-            flow, state = CameraAlign()(pad_to_multiple(frame), None, state)
+            flow, state = CameraAlign(rating=rating)(pad_to_multiple(frame), None, state)
             found += [] if flow is None else [flow[:, 1].mean().item()]
     assert min(found) > 1.0  # 1.5 stride-4 pixels a frame
     assert stream_both(model, path, frames) <= 1e-3

@@ -83,10 +83,14 @@ class ModelCfg:
                               # motion; camera: one affine map per frame (the camera's motion), no parameters
     align_margin: float = 0.0 # flow: no motion where the best match beats no motion by less than this
                               # (normalised correlation; 0: off); camera: where the affine map does not (0: the
-                              # measured 0.005 of model/align.py): noise makes static scenes jitter otherwise
+                              # measured margin of model/align.py for the rating): noise makes still scenes jitter
     align_to: str = "frame"   # flow/camera: match each frame against the previous frame's descriptor (frame) or
                               # the recursive head's filter state's (filter: the denoised past, and where the
                               # state really sits, so the fit's errors do not add up frame after frame)
+    align_rating: str = "bicubic"  # camera: how a fitted map is rated against no motion (CameraAlign.gain):
+                              # bicubic (read between the whole displacements of the correlation volume: a
+                              # motion of 0.1-0.3 stride-4 pixels a frame rates below none, so slow pans never
+                              # align) | warped (the reference warped by the map, matched in place)
     size: str = "default"     # default (ResNet-18 encoder) | lite (real-time: model/lite.py); setting it also
                               # sets the widths in SIZES, except those given in the same overrides
     pipeline: str = "learned" # recursive head's colour matrix and tone curve: learned | fixed (identity, the
@@ -361,6 +365,7 @@ CHECKS: dict[str, Check] = {
     "model.head_width": _int(1, 1024), "model.scale": _int(1, 2), "model.mean_input": _flag,
     "model.encoder_weights": _text, "model.checkpointing": _flag, "model.align": _choice("none", "flow", "camera"),
     "model.align_margin": _real(0, 2), "model.align_to": _choice("frame", "filter"),
+    "model.align_rating": _choice("bicubic", "warped"),
     "model.size": _choice("default", "lite"), "model.pipeline": _choice("learned", "fixed"),
     "model.encoder_mean": _flag, "model.gate_evidence": _flag,
     "model.denoiser": _int(0, 256), "model.state_reset": _flag, "model.residual_rule": _real(0, 1e3),
@@ -395,6 +400,7 @@ def validate(cfg: Config) -> Config:
 
 # Settings that change no weight: `release --set` may change them, and `train --init` may switch them.
 RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block", "model.align_to",
+                "model.align_rating", "model.align_margin",
                 "data.exposure_level")
 
 # Command-line options outside Config, checked the same way: (command, option) -> check.

@@ -410,8 +410,8 @@ def architecture(cfg: Config) -> tuple:
 # Model fields --init may change: the new model starts out computing what the saved one did (or nearly:
 # a fixed pipeline replaces a learned one; an alignment moves the states only where something moved) and
 # training adapts the rest; the settings a release may change need no training either way.
-WIDENABLE = ("encoder_mean", "pipeline", "gate_evidence", "denoiser", "state_reset", "noise_input", "align",
-             "align_margin") + tuple(key.split(".", 1)[1] for key in ckpts.RELEASE_KEYS if key.startswith("model."))
+WIDENABLE = ("encoder_mean", "pipeline", "gate_evidence", "denoiser", "state_reset", "noise_input",
+             "align") + tuple(key.split(".", 1)[1] for key in ckpts.RELEASE_KEYS if key.startswith("model."))
 
 
 def init_architecture(cfg: Config, path: str | Path, explicit: set[str]) -> Config:

@@ -34,6 +34,14 @@ RADIUS = 4
 # camera: the least gain in mean correlation over no motion that counts as motion; still held-out videos
 # reach 0.002 by chance, the slowest camera motions that align better 0.01 (docs/RESULTS.md, tenth session)
 CAMERA_MARGIN = 0.005
+# camera, model.align_rating=warped: the same for the warped reference's correlation, on frames of WARPED_PIXELS
+# stride-4 pixels (768 x 768 mosaics, binned: 192 x 192 input pixels) or more. Against the filter state, still
+# training-side videos reach 0.006, camera motions of 0.1-0.3 stride-4 pixels a frame 0.005-0.04 (docs/RESULTS.md,
+# twelfth session). A map fitted to noise gains about 1 / sqrt(pixels) by chance, so smaller frames (tiles) need
+# margin x sqrt(WARPED_PIXELS / pixels).
+WARPED_MARGIN = 0.008
+WARPED_PIXELS = 48 * 48
+RATINGS = ("bicubic", "warped")
 REFINEMENTS = 1
 
 
@@ -69,17 +77,19 @@ class CameraAlign(nn.Module):
     best match stands above its mean match, with Tukey's biweight (c = 1 stride-4 pixel) to drop moving
     objects and failed matches. One refinement fits the same to the matches left after warping the previous
     descriptor by the map (the peaks' sub-pixel parts lean to whole pixels: a zoom of 1.04 is fitted as 1.022
-    alone, 1.034 refined), leaving out matches that fall outside the frame. The map is used when the correlation it predicts, averaged over the frame
-    (bicubic between the integer displacements: bilinear never rates a sub-pixel shift above its nearest
-    integer one), beats that of no motion by more than `margin`; otherwise the flow is exactly zero (a still
-    scene is not resampled: every bilinear warp blurs the state a little, and the blur adds up frame after
-    frame). No parameters: trained weights take it as they are.
+    alone, 1.034 refined), leaving out matches that fall outside the frame. The map is used when the mean
+    correlation it gives (`gain`, as `rating` says) beats that of no motion by more than `margin`; otherwise the
+    flow is exactly zero (a still scene is not resampled: every bilinear warp blurs the state a little, and the
+    blur adds up frame after frame). No parameters: trained weights take it as they are.
     """
 
-    def __init__(self, radius: int = RADIUS, margin: float = CAMERA_MARGIN, iterations: int = 5,
-                 refinements: int = REFINEMENTS):
+    def __init__(self, radius: int = RADIUS, margin: float = 0.0, iterations: int = 5,
+                 refinements: int = REFINEMENTS, rating: str = "bicubic"):
         super().__init__()
-        self.radius, self.margin, self.iterations, self.refinements = radius, margin, iterations, refinements
+        if rating not in RATINGS:
+            raise ValueError(f"rating must be one of {RATINGS}, not {rating!r}")
+        self.radius, self.iterations, self.refinements, self.rating = radius, iterations, refinements, rating
+        self.margin = margin or (WARPED_MARGIN if rating == "warped" else CAMERA_MARGIN)
 
     def forward(self, frame: torch.Tensor, feats: torch.Tensor, state):
         """As FlowAlign.forward; the flow (B, 2, h, w) is affine in (y, x) or zero, per frame."""
@@ -92,9 +102,27 @@ class CameraAlign(nn.Module):
             residual = self.affine_flow(correlation(z, warp(state, fitted), self.radius),
                                         inside(fitted, corr.shape[-2:], 1))
             fitted = (fitted + residual).clamp(-self.radius, self.radius)
-        still = corr[:, self.radius * (2 * self.radius + 1) + self.radius].flatten(1).mean(1)  # d = 0: a lattice value
-        gain = mean_correlation_at(corr, fitted, self.radius) - still
-        return fitted * (gain > self.margin).float().view(-1, 1, 1, 1), z
+        return fitted * (self.gain(z, state, corr, fitted) > self.threshold(z)).float().view(-1, 1, 1, 1), z
+
+    def threshold(self, z: torch.Tensor) -> torch.Tensor | float:
+        """The gain a map needs: the margin, with the warped rating raised on frames under WARPED_PIXELS (B,)."""
+        if self.rating == "bicubic":
+            return self.margin
+        pixels = torch.ones_like(z[:, 0]).flatten(1).sum(1)  # a tensor: an ONNX trace keeps it dynamic
+        return self.margin * (WARPED_PIXELS / pixels).clamp(min=1.0).sqrt()
+
+    def gain(self, z: torch.Tensor, state: torch.Tensor, corr: torch.Tensor, fitted: torch.Tensor) -> torch.Tensor:
+        """(B,): how much better the frame's descriptor z matches the reference `state` moved by the `fitted` map
+        than it matches it unmoved, in mean correlation. bicubic: read from the correlation volume between the
+        whole displacements; it sags below a sharp peak, so a motion of 0.1-0.3 stride-4 pixels rates below no
+        motion. warped: the reference warped by the map and renormalised (a warp shrinks the unit patches), matched
+        in place."""
+        if self.rating == "bicubic":
+            centre = self.radius * (2 * self.radius + 1) + self.radius  # d = 0, a lattice value
+            still = corr[:, centre].flatten(1).mean(1)
+            return mean_correlation_at(corr, fitted, self.radius) - still
+        moved = F.normalize(warp(state, fitted), dim=1, eps=1e-6)
+        return (z * moved).sum(1).flatten(1).mean(1) - (z * state).sum(1).flatten(1).mean(1)
 
     def affine_flow(self, corr: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 2, h, w): the affine flow fitted to the per-pixel peaks of `corr` (where `valid` (B, h, w), if

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from batman.config import BatmanError, Config, ModelCfg
 from batman.isp import gamma_srgb
-from batman.model.align import CAMERA_MARGIN, CameraAlign, FlowAlign, descriptor, warp_state
+from batman.model.align import CameraAlign, FlowAlign, descriptor, warp_state
 from batman.model.conv3d import CausalConv3d
 from batman.model.convlstm import ConvLSTM
 from batman.model.denoiser import BaseDenoiser
@@ -400,7 +400,7 @@ class ClipConvLSTM(nn.Module):
 
 ALIGNS = {"none": lambda cfg: None,
           "flow": lambda cfg: FlowAlign(cfg.fusion, margin=cfg.align_margin),
-          "camera": lambda cfg: CameraAlign(margin=cfg.align_margin or CAMERA_MARGIN)}
+          "camera": lambda cfg: CameraAlign(margin=cfg.align_margin, rating=cfg.align_rating)}
 
 
 class VideoNet(nn.Module):
