@@ -27,6 +27,10 @@ residual_cap_block ?= 8
 # what the camera alignment matches each frame against, set on them (no training): the filter state, not the
 # previous frame (held-out camera motions +0.1 to +0.8 dB, still scenes identical; docs/RESULTS.md, eleventh session)
 align_to      ?= filter
+# how it rates a fitted map against no motion, set on them (no training): the reference warped by the map, so camera
+# motions of 0.1-0.3 stride-4 pixels a frame align (training-side camera motions +0.40 dB, still videos identical;
+# docs/RESULTS.md, twelfth session)
+align_rating  ?= warped
 HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
 # clean real raws (../shared/fixtures): a second held-out set with a real sensor's colour and real scenes
 fixtures      ?= ../shared/fixtures
@@ -181,7 +185,7 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	    data.extra_dynamic=$(pretrain_dir)/bright_dyn,$(pretrain_dir)/bayer_dyn $(SET)
 	$(BATMAN) release $(pretrain_dir)/clstm_s16 --out trained_model/batman_default.safetensors \
 	    --set model.residual_rule=$(residual_rule) model.residual_cap=$(residual_cap) \
-	    model.residual_cap_block=$(residual_cap_block) model.align_to=$(align_to)
+	    model.residual_cap_block=$(residual_cap_block) model.align_to=$(align_to) model.align_rating=$(align_rating)
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=480 train.schedule=cosine \
