@@ -190,6 +190,21 @@ def test_camera_aligned_model_has_the_plain_weights_and_follows_a_pan(align_to):
     assert errors[1] < 0.35 * errors[0]
 
 
+def test_smoothed_output_restarts_where_the_camera_moves():
+    """model.output_smoothing: on a pan every frame after the first moved, so the output is the unsmoothed model's
+    bit for bit (the warped output would blur); on the same frames held still it is not."""
+    torch.manual_seed(0)
+    plain = build_model(replace(TINY, align="camera"), 4).eval()
+    with torch.no_grad():
+        plain.head.residual[-2].weight.normal_(0, 0.05)
+    smooth = build_model(replace(TINY, align="camera", output_smoothing=1.0), 4).eval()
+    smooth.load_state_dict(plain.state_dict())
+    panned, still = scene(5), scene(1).repeat(1, 5, 1, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(plain(panned)[0], smooth(panned)[0])
+        assert not torch.equal(plain(still)[0][:, 1:], smooth(still)[0][:, 1:])
+
+
 def test_matching_against_the_filter_state_keeps_a_noisy_pan_in_register():
     """align_to=filter: each frame is matched against the filter state (the denoised past, and where the state
     really sits) rather than the previous noisy frame, so the fit's errors do not add up: after 10 noisy frames

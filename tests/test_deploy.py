@@ -53,7 +53,8 @@ def video(h, w, t=16, seed=1):
                                                ({"model.residual_rule": 2.0, "model.residual_cap": 0.05, "model.noise_input": True}, 3),
                                                ({"model.residual_rule": 2.0, "model.residual_cap": 0.05,
                                                  "model.residual_cap_block": 8, "model.noise_input": True}, 3),
-                                               ({"model.state_reset": True}, 3)])
+                                               ({"model.state_reset": True}, 3),
+                                               ({"model.output_smoothing": 3.0, "model.state_reset": True}, 6)])
 def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     cfg = make_config("", overrides)
     model = perturbed_model(cfg)
@@ -65,7 +66,8 @@ def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     if cfg.model.name == "clstm":  # (h, c) per ConvLSTM layer, then the head's filter state and count
         names = [name for name, _, _ in layout["state"]]
         assert names == ["state_temporal_0_0", "state_temporal_0_1", "state_temporal_1_0", "state_temporal_1_1",
-                         "state_head_0", "state_head_1"] + (["state_mean_0", "state_mean_1"] if cfg.model.encoder_mean else [])
+                         "state_head_0", "state_head_1"] + (["state_head_2", "state_head_3"] if cfg.model.output_smoothing else []) + (
+                             ["state_mean_0", "state_mean_1"] if cfg.model.encoder_mean else [])
 
 
 def test_flow_aligned_models_are_refused_not_exported_without_their_alignment(tmp_path):
@@ -135,13 +137,16 @@ def test_cli_export_model_from_a_checkpoint_keeps_its_weights(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("align_to, rating", [("frame", "bicubic"), ("filter", "bicubic"), ("filter", "warped")])
-def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path, align_to, rating):
+@pytest.mark.parametrize("align_to, rating, smoothing", [("frame", "bicubic", 0.0), ("filter", "bicubic", 0.0),
+                                                        ("filter", "warped", 3.0)])
+def test_camera_aligned_model_exports_and_follows_a_pan_like_pytorch(tmp_path, align_to, rating, smoothing):
     """model.align=camera in the graph (matching the previous frame or the filter state; the warped rating's margin
-    follows the frame's size): on a panning texture, at a size other than the traced one, onnxruntime's step warps
-    the states as PyTorch's does (and PyTorch did find the motion, so the check is not vacuous)."""
+    follows the frame's size; the smoothed output restarts where the camera moved): on a panning texture, at a size
+    other than the traced one, onnxruntime's step warps the states as PyTorch's does (and PyTorch did find the
+    motion, so the check is not vacuous)."""
     from batman.model.align import CameraAlign
-    cfg = make_config("", {"model.align": "camera", "model.align_to": align_to, "model.align_rating": rating})
+    cfg = make_config("", {"model.align": "camera", "model.align_to": align_to, "model.align_rating": rating,
+                           "model.output_smoothing": smoothing})
     model = perturbed_model(cfg)
     path = tmp_path / "m.onnx"
     layout = export_onnx(model, cfg, path, example_size=(64, 96))

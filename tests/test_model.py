@@ -390,7 +390,7 @@ def concatenating_head_frame(head, up, x, m, first_weight, valid=None):
     k = first_weight + (1.0 - first_weight) * torch.sigmoid(head.gate(hidden).float())
     m = m + k * (x - m)
     base = head.pipeline(m)
-    return base + head.residual(torch.cat([hidden, base], 1)), m, base
+    return base + head.residual(torch.cat([hidden, base], 1)), m, base, k
 
 
 @pytest.mark.parametrize("size", ["default", "lite"])
@@ -621,6 +621,34 @@ def test_noise_input_tells_the_residual_how_much_noise_the_filter_holds():
             out, state = model.step(x[:, t], state)
             steps.append(out)
     assert torch.allclose(y, torch.stack(steps, 1), atol=1e-5)
+
+
+def test_output_smoothing_follows_the_gate_and_keeps_the_weights():
+    """model.output_smoothing S: with the gate at its start (k = 1/t) the first S frames are the plain model's bit
+    for bit (S k >= 1), after them a noisy still scene's output moves less from frame to frame; the same keys
+    (a release setting), and a clip equals its frames streamed (the smoothed output is carried in the state)."""
+    torch.manual_seed(0)
+    plain = build_model(tiny(head="recursive"), 4).eval()
+    with torch.no_grad():
+        plain.head.residual[-2].weight.normal_(0, 0.05)  # a residual that reads the frame: it jitters
+    smooth = build_model(tiny(head="recursive", output_smoothing=3.0), 4).eval()
+    smooth.load_state_dict(plain.state_dict())  # strict: no new weights
+    g = torch.Generator().manual_seed(1)
+    x = (0.3 * torch.rand(1, 1, 4, 48, 48, generator=g) + 0.05 * torch.randn(1, 8, 4, 48, 48, generator=g)).clamp(0, 1)
+    with torch.no_grad():
+        ys = {name: model(x)[0] for name, model in (("plain", plain), ("smooth", smooth))}
+        streamed, _ = run_steps(smooth, x)
+    assert torch.equal(ys["plain"][:, :3], ys["smooth"][:, :3])
+    jitter = {name: (y[:, 4:] - y[:, 3:-1]).abs().mean() for name, y in ys.items()}
+    assert jitter["smooth"] < 0.8 * jitter["plain"]
+    assert torch.allclose(ys["smooth"], streamed, atol=1e-5)
+
+
+def test_output_smoothing_needs_the_recursive_head_at_scale_1():
+    with pytest.raises(BatmanError, match="model.head=recursive"):
+        build_model(tiny(head="skip", output_smoothing=3.0), 4)
+    with pytest.raises(BatmanError, match="model.scale=1"):
+        build_model(tiny(head="recursive", output_smoothing=3.0, scale=2), 4)
 
 
 def test_residual_weights_need_the_recursive_head():

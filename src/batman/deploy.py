@@ -2,8 +2,8 @@
 
     step(frame (1, C, H, W), s_1 ... s_n) -> (output (1, 3, sH, sW), s_1' ... s_n')
 
-PyTorch models carry nested state ({"temporal": [(h, c) per layer], "head": (m, count)}, count a
-python int); the graph takes each leaf as one float32 input `state_<path>` and returns its update
+PyTorch models carry nested state ({"temporal": [(h, c) per layer], "head": (m, count[, output, age])},
+count a python int); the graph takes each leaf as one float32 input `state_<path>` and returns its update
 as `next_<path>`. With Hp, Wp = H, W rounded up to multiples of 32 (the encoder's stride), leaf i is
 
     (1, channels_i, Hp / stride_i, Wp / stride_i)       or (1,) for a frame count (stride 0)
@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 from batman.config import BatmanError, Config
 from batman.files import atomic_path
 from batman.model.align import FlowAlign, descriptor, warp_state
-from batman.model.net import PAD_MULTIPLE, FrameNet, RecursiveHead, VideoNet, model_for
+from batman.model.net import PAD_MULTIPLE, FrameNet, RecursiveHead, VideoNet, model_for, restart_smoothing
 
 FORMATS = ("onnx",)
 OPSET = 18
@@ -100,8 +100,8 @@ class StepGraph(nn.Module):
             return (self.model.unet(x)[..., :h * s, :w * s],)
         state = pytree.tree_unflatten(list(flat), self.spec)
         if isinstance(self.model.head, RecursiveHead):
-            m, count = state["head"]
-            state["head"] = (torch.where(count > 0, m, x), count)  # a zero count: the filter starts at the frame
+            m, count, *smoothed = state["head"]
+            state["head"] = (torch.where(count > 0, m, x), count, *smoothed)  # a zero count: starts at the frame
         seen, mean = self.model.encoder_input(x.unsqueeze(1), state.get("mean"))
         feats = self.model.fusion(self.model.encoder(seen[:, 0]))
         aligned = {}
@@ -112,6 +112,7 @@ class StepGraph(nn.Module):
             flow, aligned["align"] = self.model.align(x, feats, reference)
             state["temporal"], state["head"] = warp_state((state["temporal"], state["head"]), flow,
                                                           tuple(feats.shape[-2:]))
+            state["head"] = restart_smoothing(state["head"], flow)
         if self.model.reset is not None:  # a no-op on the first frame: the filter is the frame, the memory zero
             state["temporal"], state["head"] = self.model.reset(state["temporal"], state["head"], x,
                                                                 self.model.head.colours)

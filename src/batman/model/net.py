@@ -190,7 +190,9 @@ class RecursiveHead(nn.Module):
     With cfg.residual_rule = C the residual is scaled by `residual_weight` (min(1, noise / (C x level)) of
     the frame), with cfg.residual_cap = K held to K x the noise the filter state still holds
     (`residual_cap_weight`, model/residual.py; per block with cfg.residual_cap_block): set when releasing trained
-    weights, they need no training.
+    weights, they need no training. So is cfg.output_smoothing = S (`smooth`): the output itself follows the
+    gate, y'_t = y'_{t-1} + min(1, S k_t) (y_t - y'_{t-1}); the state then carries y' and how many frames it
+    has smoothed (`restart_smoothing` zeroes that where the camera moved).
     """
 
     def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
@@ -221,6 +223,9 @@ class RecursiveHead(nn.Module):
                                   "frames: it needs data.mode=raw")
         self.residual_rule, self.residual_cap = cfg.residual_rule, cfg.residual_cap
         self.residual_cap_block = cfg.residual_cap_block
+        self.output_smoothing = cfg.output_smoothing
+        if self.output_smoothing and scale != 1:
+            raise BatmanError("model.output_smoothing keeps the output on the input grid: it needs model.scale=1")
         fixed = cfg.pipeline == "fixed"
         self.colour = None if fixed else nn.Parameter(torch.eye(3))
         self.curve = TraditionalCurve() if fixed else ToneCurve()
@@ -245,23 +250,27 @@ class RecursiveHead(nn.Module):
         their padding, where the residual's weights take their statistics (None: all of it)."""
         b, t = feats.shape[:2]
         up = self.up(feats.flatten(0, 1)).unflatten(0, (b, t))
-        m, count = state if state is not None else (frames[:, 0], 0)
+        m, count, *smoothed = state if state is not None else (frames[:, 0], 0)
+        previous, age = smoothed if smoothed else (None, 0)
         outs, bases = [], []
         for i in range(t):
             args = (up[:, i], frames[:, i], m, 1.0 / (count + 1), valid)
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                y, m, base = checkpoint(self.frame, *args, use_reentrant=False)
+                y, m, base, k = checkpoint(self.frame, *args, use_reentrant=False)
             else:
-                y, m, base = self.frame(*args)
+                y, m, base, k = self.frame(*args)
+            if self.output_smoothing:
+                y = previous = self.smooth(y, previous, k, age)
+                age = age + 1
             outs.append(y)
             if with_base:  # kept only when asked: each is an output-sized tensor held for the whole clip
                 bases.append(base)
             count = count + 1  # not +=: a tensor count (deploy.py) must not change in place
-        y, state = torch.stack(outs, 1), (m, count)
+        y, state = torch.stack(outs, 1), (m, count) + ((previous, age) if self.output_smoothing else ())
         return (y, state, torch.stack(bases, 1)) if with_base else (y, state)
 
     def frame(self, up, x, m, first_weight, valid=None):
-        """One frame: (output, new filter state, base on the output grid). `first_weight` = 1/t, the weight
+        """One frame: (output, new filter state, base on the output grid, gate k). `first_weight` = 1/t, the weight
         of a plain running mean. The body's and the residual's first convs read [up, x, m(, evidence)] and
         [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to
         float rounding, tests/test_model.py). The denoiser's correction joins the residual's before their
@@ -281,7 +290,20 @@ class RecursiveHead(nn.Module):
         residual = self.residual[-1](correction)
         if self.residual_rule or self.residual_cap:
             residual = residual * self.residual_scale(residual, x, held, sigma, valid).to(residual.dtype)
-        return base_out + residual, m, base_out
+        return base_out + residual, m, base_out, k
+
+    def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age) -> torch.Tensor:
+        """cfg.output_smoothing S: y' = previous + min(1, S k) (y - previous). Why: on a still scene the gate keeps
+        about 1/t of each frame, but the residual and denoiser read the new frame's features, so the output
+        jitters from frame to frame by more than the filter state moves (flicker, and noise the average of
+        several frames' corrections would not have); where the gate opens (motion) S k reaches 1 and the output
+        is the frame's. With no previous output, or an `age` of 0 (deploy.py's zero state, a camera motion), y."""
+        if previous is None:
+            return y
+        weight = (self.output_smoothing * k).clamp(max=1.0)
+        if isinstance(age, torch.Tensor):
+            weight = torch.where(age.view(-1, 1, 1, 1) > 0, weight, torch.ones_like(weight))
+        return torch.lerp(previous, y, weight.to(y.dtype))  # exactly y where the weight is 1
 
     @staticmethod
     def frame_sigma(x, valid=None) -> torch.Tensor:
@@ -355,16 +377,28 @@ class StateReset(nn.Module):
             self.net[-1].bias.fill_(6.0)
 
     def forward(self, temporal, head, x: torch.Tensor, colours):
-        """temporal: nested (B, C, H/4, W/4) tensors; head: (filter state m, count) with m and the frame x
-        (B, C, H, W); `colours` picks their colour channels. -> (temporal, head) with the memory forgotten."""
-        m, count = head
+        """temporal: nested (B, C, H/4, W/4) tensors; head: (filter state m, count[, smoothed output, age]) with m and
+        the frame x (B, C, H, W); `colours` picks their colour channels. -> (temporal, head) with the memory
+        forgotten."""
+        m, count, *smoothed = head
         keep = self.keep(colours(x), colours(m))
         full = F.interpolate(keep, scale_factor=4, mode="bilinear", align_corners=False).to(m.dtype)
-        return scale_state(temporal, keep), (x + full * (m - x), count)
+        return scale_state(temporal, keep), (x + full * (m - x), count, *smoothed)
 
     def keep(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """(B, 1, H/4, W/4) in (0, 1): how much of the memory to keep."""
         return torch.sigmoid(self.net(mismatch_stats(x, m)))
+
+
+def restart_smoothing(head_state, flow: torch.Tensor):
+    """The recursive head's state with its smoothed output's age zeroed where the camera moved (a non-zero flow):
+    the output then starts again from the frame. Why: the warped output is blurred by the resampling, as the
+    filter state is, and averaging it in cost 0.02-0.04 dB on held-out camera motions (docs/RESULTS.md, twelfth
+    session). Other states pass through."""
+    if head_state is None or len(head_state) < 4:
+        return head_state
+    m, count, previous, age = head_state
+    return m, count, previous, age * (flow.flatten(1).abs().amax(1) == 0).to(previous.dtype)  # (B,)
 
 
 def scale_state(state, keep: torch.Tensor):
@@ -437,6 +471,8 @@ class VideoNet(nn.Module):
         if self.align_to_filter and cfg.head != "recursive":
             raise BatmanError("model.align_to=filter matches each frame against the recursive head's filter state: "
                               "it needs model.head=recursive")
+        if cfg.output_smoothing and cfg.head != "recursive":
+            raise BatmanError("model.output_smoothing follows the recursive head's gate: it needs model.head=recursive")
         if cfg.state_reset and cfg.head != "recursive":
             raise BatmanError("model.state_reset compares each frame with the recursive head's filter state: "
                               "it needs model.head=recursive")
@@ -491,6 +527,7 @@ class VideoNet(nn.Module):
                 flow, previous = self.align(frames[:, i], feats[:, i], reference)
                 if flow is not None:
                     recurrent = warp_state(recurrent, flow, tuple(feats.shape[-2:]))
+                    recurrent["head"] = restart_smoothing(recurrent["head"], flow)
             if self.reset is not None and recurrent["head"] is not None and recurrent["temporal"] is not None:
                 recurrent["temporal"], recurrent["head"] = self.reset(recurrent["temporal"], recurrent["head"],
                                                                       frames[:, i], self.head.colours)
