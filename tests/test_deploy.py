@@ -107,8 +107,8 @@ def test_cli_export_model_default_and_fresh_lite(tmp_path, capsys, monkeypatch):
     out = tmp_path / "sub" / "step.onnx"
     assert main(["export-model", "--format", "onnx", "--out", str(out)]) == 0
     shipped = ckpt.read_weights(ckpt.SHIPPED)[1].model
-    leaves = 6 + (2 if shipped.encoder_mean else 0) + (shipped.align != "none")  # + the running mean's sum, count;
-    # + the previous frame's matching descriptor
+    leaves = 6 + (2 if shipped.encoder_mean else 0) + (shipped.align != "none") + 2 * bool(shipped.output_smoothing)
+    # + the running mean's sum, count; + the previous frame's matching descriptor; + the smoothed output, its age
     assert out.is_file() and f"{leaves} state tensors" in capsys.readouterr().out
     assert not list(out.parent.glob(".*tmp*"))  # the atomic write left no temp file
     frame = np.random.default_rng(0).random((1, 4, 40, 56), dtype=np.float32)
