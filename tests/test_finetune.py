@@ -118,3 +118,27 @@ def test_init_widens_weights_to_a_related_model(tmp_path, widen, adapted, tensor
     with pytest.raises(BatmanError, match="holds a clstm .*hidden=16.* not the requested"):  # other fields still refuse
         bigger = make_config("demo", {**TINY, "model.encoder_mean": True, "model.hidden": 8})
         load_init_weights(model_for(bigger), tmp_path / "pre.pt", bigger)
+
+
+def test_init_widens_the_denoiser_keeping_what_it_computed(tmp_path):
+    """model.denoiser 4 -> 8: the old channels keep their weights (a concatenation's parts matched part by
+    part), the new ones read in through their initial weights and reach the old ones through zeros, so the
+    wider model computes the same, and the new channels get gradients at once (no dead zero block)."""
+    from batman.train import load_init_weights
+    old_cfg, cfg = make_config("demo", {**TINY, "model.denoiser": 4}), make_config("demo", {**TINY, "model.denoiser": 8})
+    torch.manual_seed(2)
+    old = model_for(old_cfg)
+    for name, p in old.named_parameters():
+        if ".denoiser." in name:  # its last conv starts at zero: make every channel count
+            torch.nn.init.normal_(p, 0.0, 0.2)
+    ckpt.save_checkpoint(tmp_path / "pre.pt", {"model": old.state_dict(), "config": old_cfg.to_json()})
+    new = model_for(cfg)
+    line = load_init_weights(new, tmp_path / "pre.pt", cfg)
+    assert "adapted to model.denoiser:" in line and "old channels kept: ['head.denoiser.enter.weight'" in line
+    x = torch.rand(1, 3, cfg.data.in_channels, 32, 32)
+    with torch.no_grad():
+        before = old.eval()(x)[0]
+    after = new.eval()(x)[0]
+    assert before.abs().max() > 0 and torch.allclose(before, after, atol=1e-5)
+    after.square().mean().backward()
+    assert new.head.denoiser.out.weight.grad[:, 4:].abs().max() > 0

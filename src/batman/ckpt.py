@@ -22,6 +22,7 @@ import torch
 
 from batman.config import RELEASE_KEYS, BatmanError, Config, apply_overrides
 from batman.files import atomic_write_bytes
+from batman.model.denoiser import widened_state
 
 LAST = "last.pt"
 SHIPPED = Path(__file__).resolve().parents[2] / "trained_model" / "batman_default.safetensors"
@@ -123,17 +124,35 @@ def load_state_strict(model: torch.nn.Module, state: dict, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def wider_denoisers(own: dict, state: dict) -> dict:
+    """The weights of every denoiser that `own` has wider than `state` (model.denoiser raised), placed by
+    denoiser.widened_state; {} when none is."""
+    wider = {}
+    for key in own:
+        prefix = key[:-len("enter.weight")]
+        if key.endswith("denoiser.enter.weight") and key in state and state[key].shape != own[key].shape:
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            initial = {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}
+            wider.update({prefix + k: v for k, v in widened_state(part, initial).items()})
+    return wider
+
+
 def load_state_widened(model: torch.nn.Module, state: dict, path: Path) -> str:
     """Load weights of a closely related architecture (train --init after a change of model.encoder_mean,
     model.gate_evidence, model.denoiser or model.pipeline): equal tensors are copied, a convolution that
     gained input channels keeps its old filters with zeros for the new channels (so the network computes
-    what it did), tensors only one side has are dropped or left initial. Returns a line saying what was
-    adapted."""
+    what it did), a wider denoiser keeps its old channels (denoiser.widened_state), tensors only one side
+    has are dropped or left initial. Returns a line saying what was adapted."""
     own, new = model.state_dict(), {}
-    widened, fresh = [], []
+    widened, grown, fresh = [], [], []
+    wider = wider_denoisers(own, state)
     for key, value in own.items():
         old = state.get(key)
-        if old is None:
+        if key in wider:
+            new[key] = wider[key]
+            if old.shape != value.shape:
+                grown.append(key)
+        elif old is None:
             new[key] = value
             fresh.append(key)
         elif old.shape == value.shape:
@@ -148,8 +167,9 @@ def load_state_widened(model: torch.nn.Module, state: dict, path: Path) -> str:
                               f"{tuple(old.shape)}, model has {tuple(value.shape)}")
     dropped = [k for k in state if k not in own]
     model.load_state_dict(new)
-    return (f"{len(own) - len(fresh) - len(widened)} tensors copied, widened with zeros: {widened or 'none'}, "
-            f"left initial: {fresh or 'none'}, dropped: {dropped or 'none'}")
+    grown_line = f"grown, old channels kept: {grown}, " if grown else ""
+    return (f"{len(own) - len(fresh) - len(widened) - len(grown)} tensors copied, widened with zeros: "
+            f"{widened or 'none'}, {grown_line}left initial: {fresh or 'none'}, dropped: {dropped or 'none'}")
 
 
 def epoch_checkpoints(folder: str | Path) -> list[tuple[float, int, Path]]:
