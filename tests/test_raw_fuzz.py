@@ -99,6 +99,7 @@ class Reader:
             self.proc.wait(timeout=30)
 
 
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="needs the real raws in ../shared/fixtures")
 def test_mutated_raws_are_read_or_refused(tmp_path):
     rng = np.random.default_rng(1234)
     per_source = {"canon_550d_colorchart.dng": 40, "nikon_coolscan_not_bayer.nef": 40}
