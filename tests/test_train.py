@@ -287,3 +287,26 @@ def test_extra_data_sets_are_comma_lists(tmp_path):
                                                                "data.extra_dynamic": both}), Dist())
     sources = [v.frames[0].parent.parent.parent.name for v in train_set.videos]
     assert sources.count("a") == sources.count("b") == 4  # each set's three static videos and its moving one
+
+
+def test_short_share_trains_that_share_of_steps_on_each_clips_first_frames():
+    """data.short_frames / short_share: a clip of two lengths. The choice is a function of (seed, step) only,
+    so that a resumed run makes the same one; the short batch is the long one's first frames, not another."""
+    from batman.config import Config, apply_overrides
+    from batman.train import shorter_clips
+    batch = {"input": torch.randn(2, 6, 4, 8, 8), "target": torch.rand(2, 6, 3, 8, 8), "id": ["a", "b"]}
+    cfg = apply_overrides(Config(), {"data.frames": 6, "data.short_frames": 2, "data.short_share": 0.3})
+    lengths = [shorter_clips(batch, cfg, step)["input"].shape[1] for step in range(400)]
+    assert set(lengths) == {2, 6} and 0.24 < lengths.count(2) / 400 < 0.36
+    assert lengths == [shorter_clips(batch, cfg, step)["target"].shape[1] for step in range(400)]
+    short = shorter_clips(batch, cfg, lengths.index(2))
+    assert torch.equal(short["input"], batch["input"][:, :2]) and short["id"] == batch["id"]
+    off = apply_overrides(Config(), {"data.frames": 6})
+    assert all(shorter_clips(batch, off, step) is batch for step in range(20))
+
+
+@pytest.mark.parametrize("short", [0, 6, 9])
+def test_short_frames_must_be_shorter_than_the_clip(short):
+    from batman.config import Config, apply_overrides
+    with pytest.raises(BatmanError, match="data.short_frames"):
+        apply_overrides(Config(), {"data.frames": 6, "data.short_frames": short, "data.short_share": 0.5})

@@ -26,6 +26,9 @@ class DataCfg:
     bin: int = 2              # bin the packed raw 2x2 onto the ground-truth grid (DRV: 2)
     crop: tuple[int, int] = (256, 256)  # training crop (H, W) on the model's input grid
     frames: int = 8           # clip length T
+    short_frames: int = 0     # with short_share p: that share of training batches keeps only each clip's first
+    short_share: float = 0.0  # short_frames frames (clips of two lengths: long clips teach late frames, and
+                              # short ones keep the early, noisiest frames' share of the steps)
     clips_per_video: int = 4  # random clips drawn from each training video per epoch
     augment: bool = True      # flips / transposes that keep the canonical RGGB order
     motion: float = 0.5       # share of static training clips that pan (each frame's crop shifted): DRV trains
@@ -356,6 +359,7 @@ def _crop(v):
 CHECKS: dict[str, Check] = {
     "data.root": _text, "data.mode": _choice("raw", "rawrgb"), "data.bin": _int(1, 16), "data.crop": _crop,
     "data.frames": _int(1, 10_000), "data.clips_per_video": _int(1, 100_000), "data.augment": _flag,
+    "data.short_frames": _int(0, 10_000), "data.short_share": _real(0, 1),
     "data.motion": _real(0, 1), "data.motion_speed": _int(0, 1024), "data.train_dynamic": _flag,
     "data.dynamic_repeat": _int(1, 1000), "data.val_dynamic": _int(0, 100_000),
     "data.extra_dynamic": _text, "data.extra_static": _text,
@@ -398,6 +402,9 @@ def validate(cfg: Config) -> Config:
         problem = CHECKS[key](value)
         if problem:
             raise BatmanError(f"config key {key}: {problem}, got {_short(value)}")
+    if cfg.data.short_share and not 0 < cfg.data.short_frames < cfg.data.frames:
+        raise BatmanError(f"config key data.short_frames: data.short_share={cfg.data.short_share:g} needs a clip "
+                          f"length from 1 to data.frames - 1 = {cfg.data.frames - 1}, got {cfg.data.short_frames}")
     return cfg
 
 

@@ -218,6 +218,16 @@ class Progress:
     history: list = field(default_factory=list)
 
 
+def shorter_clips(batch: dict, cfg: Config, step: int) -> dict:
+    """data.short_share of the steps train on each clip's first data.short_frames frames only. The choice comes
+    from (seed, step), so a resumed run and every rank of a distributed one make the same."""
+    short = cfg.data.short_share and np.random.default_rng((cfg.seed, step)).random() < cfg.data.short_share
+    if not short:
+        return batch
+    n = cfg.data.short_frames
+    return {**batch, "input": batch["input"][:, :n], "target": batch["target"][:, :n]}
+
+
 def train_step(model, batch, opt, scaler, cfg: Config, device, amp_dtype) -> float:
     """One batch with truncated BPTT: an optimiser step every `bptt` frames, state carried detached."""
     x = batch["input"].to(device, non_blocking=True)
@@ -571,6 +581,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
         losses, t0, images = [], time.perf_counter(), 0
         steps_bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not d.main or None, position=1)
         for batch in steps_bar:
+            batch = shorter_clips(batch, cfg, prog.step)
             lr = opt.param_groups[0]["lr"]
             loss = train_step(model, batch, opt, scaler, cfg, device, amp_dtype)
             if not math.isfinite(loss):
