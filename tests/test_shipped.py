@@ -93,3 +93,37 @@ def test_a_dark_burst_of_held_out_photos_comes_out_as_bright_as_its_truth(tmp_pa
         export(input_folder=folder, model=ckpt.SHIPPED, out=tmp_path / "dim", device="cpu", gain=10.0)
         dim = iio.imread(tmp_path / "dim" / "frames" / video.id / "0004.png") / 255.0
         assert dim.mean() < 0.8 * auto.mean()
+
+
+def test_release_blend_averages_two_models_weights_and_refuses_another_architecture(tmp_path, capsys):
+    """`release --blend OTHER --blend-weight W`: (1 - W) x the checkpoint + W x OTHER, in float16, the sidecar
+    naming OTHER; a model of other trained settings is a one-line error and writes nothing."""
+    from batman.cli import main
+    from batman.config import make_config
+    from batman.model.net import model_for
+    cfg = make_config("demo", {"model.hidden": 8, "model.fusion": 8})
+    states = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states[seed] = model_for(cfg).state_dict()
+        ckpt.save_checkpoint(tmp_path / f"run{seed}.pt", {"model": states[seed], "config": cfg.to_json()})
+    out = tmp_path / "w.safetensors"
+    assert main(["release", str(tmp_path / "run1.pt"), "--out", str(out), "--blend", str(tmp_path / "run2.pt"),
+                 "--blend-weight", "0.25", "--set", "model.output_smoothing=4"]) == 0
+    blended, _ = ckpt.read_weights(out)
+    name = next(k for k, v in states[1].items() if v.is_floating_point() and not torch.equal(v, states[2][k]))
+    expected = (0.75 * states[1][name] + 0.25 * states[2][name]).half().float()
+    torch.testing.assert_close(blended[name], expected, atol=1e-3, rtol=1e-3)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["blend"] == {"with": str(tmp_path / "run2.pt"), "weight": 0.25}
+    wide = make_config("demo", {"model.hidden": 16, "model.fusion": 8})
+    ckpt.save_checkpoint(tmp_path / "wide.pt", {"model": model_for(wide).state_dict(), "config": wide.to_json()})
+    before = out.read_bytes()
+    assert main(["release", str(tmp_path / "run1.pt"), "--out", str(out), "--blend", str(tmp_path / "wide.pt")]) == 2
+    assert "only weights of one architecture can be averaged" in capsys.readouterr().err
+    for bad in (["--blend-weight", "0"], ["--blend-weight", "1.5"]):
+        assert main(["release", str(tmp_path / "run1.pt"), "--out", str(out), "--blend", str(tmp_path / "run2.pt"),
+                     *bad]) == 2
+    assert main(["release", str(tmp_path / "run1.pt"), "--out", str(out), "--blend-weight", "0.5"]) == 2
+    assert "needs --blend" in capsys.readouterr().err
+    assert out.read_bytes() == before

@@ -338,11 +338,12 @@ def sha256_of(path: Path) -> str:
 
 
 def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None,
-                    overrides: dict | None = None) -> Path:
+                    overrides: dict | None = None, blend: tuple[Path, float] | None = None) -> Path:
     """Write a checkpoint's weights as float16 safetensors (the config inside as metadata) and a JSON
     sidecar with the config, the file's sha256 and `card` (training facts); both atomic. `overrides`
     ({'model.residual_rule': 0.06}) change settings that need no training (RELEASE_KEYS only: any other would
-    describe weights that were not trained so); the sidecar lists them."""
+    describe weights that were not trained so); the sidecar lists them. `blend` (OTHER, w): release
+    (1 - w) x these weights + w x OTHER's (`blended_state`)."""
     import json
 
     from safetensors.torch import save
@@ -357,7 +358,8 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
         raise BatmanError(f"release --set {refused[0]}: only settings that need no training can change at release "
                           f"({', '.join(RELEASE_KEYS)}); train or fine-tune for the others")
     cfg = apply_overrides(checkpoint_config(ckpt, checkpoint), overrides)
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()}
+    weights = blended_state(ckpt["model"], cfg, checkpoint, *blend) if blend else ckpt["model"]
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
     bad = non_finite(state)
     if bad:
         raise BatmanError(f"{checkpoint} holds non-finite weights (or beyond float16: {bad}): not released")
@@ -367,9 +369,33 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
     sidecar = {"weights": out.name, "sha256": sha256_of(out), "format": WEIGHTS_FORMAT, "source": str(checkpoint),
                "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "commit": ckpt.get("commit"),
                "reference_output": reference_output(model), "config": cfg.to_dict(),
-               **({"release_overrides": overrides} if overrides else {}), **(card or {})}
+               **({"release_overrides": overrides} if overrides else {}),
+               **({"blend": {"with": str(blend[0]), "weight": blend[1]}} if blend else {}), **(card or {})}
     atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def blended_state(state: dict, cfg: Config, path: Path, other: Path, weight: float) -> dict:
+    """(1 - weight) x `state` + weight x `other`'s weights (a checkpoint or released weights of the same
+    architecture; release settings may differ). Why: two fine-tunes from one start can be averaged, and the
+    average keeps much of what each gained where they differ (stage 16 and stage 20: docs/RESULTS.md,
+    fourteenth session). Integer tensors are `state`'s."""
+    theirs, their_cfg = read_weights(Path(other))
+    if weights_architecture(their_cfg) != weights_architecture(cfg):
+        raise BatmanError(f"release --blend {other} holds a {describe_model(their_cfg)} model with other trained "
+                          f"settings than {path}: only weights of one architecture can be averaged")
+    odd = sorted(set(state) ^ set(theirs)) or [k for k in state if state[k].shape != theirs[k].shape]
+    if odd:
+        raise BatmanError(f"release --blend {other} does not fit {path}: {odd[0]} differs")
+    return {k: torch.lerp(v.float(), theirs[k].float(), weight) if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+def weights_architecture(cfg: Config) -> tuple:
+    """What must agree for two models' weights to be averaged: the model config less its release settings and
+    the ImageNet file, and the input."""
+    release = {key.split(".", 1)[1]: None for key in RELEASE_KEYS if key.startswith("model.")}
+    return replace(without_init(cfg).model, **release), cfg.data.mode, cfg.data.in_channels
 
 
 def reference_output(model: torch.nn.Module) -> list[float]:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from batman import __version__
-from batman.config import BatmanError, PRESETS, RELEASE_KEYS, make_config, parse_set
+from batman.config import BatmanError, PRESETS, RELEASE_KEYS, check_options, make_config, parse_set
 
 DEVICE_HELP = "cpu, cuda or cuda:N (auto: CUDA when available, else the CPU)"
 
@@ -135,7 +135,12 @@ def cmd_export(args) -> int:
 def cmd_release(args) -> int:
     from batman.ckpt import best_checkpoint, release_weights
     source = args.checkpoint if args.checkpoint.is_file() else best_checkpoint(args.checkpoint)
-    out = release_weights(source, args.out, overrides=parse_set(args.set))
+    if args.blend_weight is not None and not args.blend:
+        raise BatmanError("release --blend-weight needs --blend OTHER")
+    weight = 0.5 if args.blend_weight is None else args.blend_weight
+    check_options("release", blend_weight=weight)
+    out = release_weights(source, args.out, overrides=parse_set(args.set),
+                          blend=(args.blend, weight) if args.blend else None)
     print(f"released {source} as {out} (float16, {out.stat().st_size / 1e6:.1f} MB) + {out.with_suffix('.json')}")
     return 0
 
@@ -303,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help=f"change settings that need no training: {', '.join(RELEASE_KEYS)} "
                          "(e.g. model.residual_rule=0.06)")
+    sp.add_argument("--blend", type=Path, default=None, metavar="OTHER",
+                    help="release a weight average with OTHER (a checkpoint or released weights of the same "
+                         "architecture, e.g. the fine-tune's starting point); the settings are the checkpoint's")
+    sp.add_argument("--blend-weight", type=float, default=None, metavar="W",
+                    help="OTHER's share of the average, above 0 up to 1 (default 0.5)")
 
     sp = add("demo", cmd_demo, "synthesise data, train, evaluate and export, no data set needed")
     sp.add_argument("--out", type=Path, default=Path("result/demo"), help="folder for data, runs and results")

@@ -419,6 +419,7 @@ OPTION_CHECKS: dict[tuple[str, str], Check] = {
     ("export", "tile"): _tile,
     ("export", "overlap"): _int(0, 4096), ("export", "workers"): _int(0, 64),
     ("evaluate", "frames"): _int(0, 10**7), ("prepare", "workers"): _int(0, 256),
+    ("release", "blend_weight"): _real(0, 1, above_lo=True),
 }
 
 
