@@ -116,6 +116,10 @@ def test_release_blend_averages_two_models_weights_and_refuses_another_architect
     torch.testing.assert_close(blended[name], expected, atol=1e-3, rtol=1e-3)
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["blend"] == {"with": str(tmp_path / "run2.pt"), "weight": 0.25}
+    saving = make_config("demo", {"model.hidden": 8, "model.fusion": 8, "model.checkpointing": True})
+    ckpt.save_checkpoint(tmp_path / "saving.pt", {"model": states[2], "config": saving.to_json()})
+    assert main(["release", str(tmp_path / "run1.pt"), "--out", str(tmp_path / "w2.safetensors"), "--blend",
+                 str(tmp_path / "saving.pt")]) == 0  # gradient checkpointing (the 1080 presets) trains, it is no weight
     wide = make_config("demo", {"model.hidden": 16, "model.fusion": 8})
     ckpt.save_checkpoint(tmp_path / "wide.pt", {"model": model_for(wide).state_dict(), "config": wide.to_json()})
     before = out.read_bytes()

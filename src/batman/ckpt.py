@@ -391,11 +391,15 @@ def blended_state(state: dict, cfg: Config, path: Path, other: Path, weight: flo
             for k, v in state.items()}
 
 
+def architecture(cfg: Config) -> tuple:
+    """What decides whether weights fit: the model config less its training-only knobs, and the input."""
+    return replace(cfg.model, checkpointing=False, encoder_weights=""), cfg.data.mode, cfg.data.in_channels
+
+
 def weights_architecture(cfg: Config) -> tuple:
-    """What must agree for two models' weights to be averaged: the model config less its release settings and
-    the ImageNet file, and the input."""
-    release = {key.split(".", 1)[1]: None for key in RELEASE_KEYS if key.startswith("model.")}
-    return replace(without_init(cfg).model, **release), cfg.data.mode, cfg.data.in_channels
+    """What must agree for two models' weights to be averaged: `architecture` less the release settings."""
+    model, *data = architecture(cfg)
+    return replace(model, **{key.split(".", 1)[1]: None for key in RELEASE_KEYS if key.startswith("model.")}), *data
 
 
 def reference_output(model: torch.nn.Module) -> list[float]:

@@ -412,11 +412,6 @@ def restore(ckpt: dict, path: Path, model, opt, scaler, sched, cfg: Config) -> P
                     best=ckpt["best"], bad_epochs=ckpt["bad_epochs"], history=list(ckpt["history"]))
 
 
-def architecture(cfg: Config) -> tuple:
-    """What decides whether weights fit: the model config less its training-only knobs, and the input."""
-    return replace(cfg.model, checkpointing=False, encoder_weights=""), cfg.data.mode, cfg.data.in_channels
-
-
 # Model fields --init may change: the new model starts out computing what the saved one did (or nearly:
 # a fixed pipeline replaces a learned one; an alignment moves the states only where something moved) and
 # training adapts the rest; the settings a release may change need no training either way.
@@ -445,7 +440,7 @@ def load_init_weights(model, path: str | Path, cfg: Config) -> str:
     Returns a line saying how the weights were taken."""
     path = Path(path)
     state, saved = ckpts.read_weights(path)
-    (saved_model, *saved_data), (model_cfg, *data) = architecture(saved), architecture(cfg)
+    (saved_model, *saved_data), (model_cfg, *data) = ckpts.architecture(saved), ckpts.architecture(cfg)
     if (saved_model, saved_data) == (model_cfg, data):
         ckpts.load_state_strict(model, state, path)
         return f"fine-tuning from the weights of {path}"
