@@ -72,6 +72,20 @@ def test_init_takes_the_checkpoints_model_settings_unless_set(tmp_path, capsys):
     assert (model["gate_evidence"], model["denoiser"]) == (True, 0)
 
 
+def test_init_keeps_the_checkpoints_exposure_level_unless_set(tmp_path, capsys):
+    """The level export's gain aims at is the one the weights learned, not one measured on the fine-tune's data."""
+    import json
+    save_weights(tmp_path / "pre.pt", seed=1, **{"data.exposure_level": 0.2125})
+    base = ["train", "--root", str(tmp_path), "--preset", "demo", "--init", str(tmp_path / "pre.pt"), "--dry-run",
+            "--set", "model.hidden=16", "model.fusion=16"]
+    assert main(base) == 0
+    said, printed = capsys.readouterr().out.split("\n", 1)
+    assert json.loads(printed)["data"]["exposure_level"] == 0.2125 and "data.exposure_level=0.2125" in said
+    assert main(base + ["data.exposure_level=0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):])["data"]["exposure_level"] == 0.3 and "--init" not in printed
+
+
 def test_init_from_a_run_folder_takes_its_best_epoch(tmp_path, capsys):
     import json
     run = tmp_path / "run"

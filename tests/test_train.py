@@ -310,3 +310,34 @@ def test_short_frames_must_be_shorter_than_the_clip(short):
     from batman.config import Config, apply_overrides
     with pytest.raises(BatmanError, match="data.short_frames"):
         apply_overrides(Config(), {"data.frames": 6, "data.short_frames": short, "data.short_share": 0.5})
+
+
+def test_psnr_loss_is_minus_the_mean_frame_psnr_and_weighs_clean_frames_up():
+    """train.loss=psnr is the figure evaluate averages (metrics.psnr per frame), negated; unlike L2, a frame's
+    gradient grows as its error shrinks, so a nearly clean frame is not drowned out by a noisy one."""
+    from batman.metrics import psnr
+    from batman.train import reconstruction_loss
+    torch.manual_seed(0)
+    truth = torch.rand(2, 3, 3, 16, 16)
+    out = (truth + torch.tensor([0.02, 0.05, 0.1]).view(1, 3, 1, 1, 1) * torch.randn_like(truth)).clamp(0, 1)
+    expected = np.mean([psnr(out[b, t].numpy(), truth[b, t].numpy()) for b in range(2) for t in range(3)])
+    # PSNR_FLOOR_MSE (1e-6) moves a 0.02-noise frame's 34 dB by 0.02 dB
+    assert reconstruction_loss(out, truth, "psnr").item() == pytest.approx(-expected, abs=0.01)
+    grads = {}
+    for kind in ("psnr", "l2"):
+        x = out.clone().requires_grad_(True)
+        reconstruction_loss(x, truth, kind).backward()
+        per_frame = x.grad.abs().flatten(2).mean(-1)  # (B, T)
+        grads[kind] = (per_frame[:, 0] / per_frame[:, 2]).mean().item()  # clean frame over noisy frame
+    assert grads["l2"] < 0.5 < 2 < grads["psnr"], grads  # about 0.2 and 5: |error| and 1 / |error|
+
+
+def test_a_psnr_loss_run_keeps_and_picks_its_best_epoch_by_psnr(syn, tmp_path):
+    """Its validation loss is minus the PSNR (negative): checkpoints are still found, pruned and ranked."""
+    result = train(tiny_cfg(syn, **{"train.epochs": 3, "train.loss": "psnr", "train.keep": 2}), out=tmp_path)
+    losses = [h["val_loss"] for h in result["history"]]
+    # frame PSNRs averaged (the loss) lie above the clip's PSNR of its pooled MSE (Jensen), and near it
+    assert all(-h["val_psnr"] - 1.0 < h["val_loss"] <= -h["val_psnr"] + 1e-3 for h in result["history"])
+    kept = ckpt.epoch_checkpoints(tmp_path)
+    assert len(kept) == min(2, len({round(v, 4) for v in losses})) and all(v < 0 for v, _, _ in kept)
+    assert ckpt.best_checkpoint(tmp_path).name == ckpt.checkpoint_name(int(np.argmin(losses)) + 1, min(losses))

@@ -28,7 +28,7 @@ LAST = "last.pt"
 SHIPPED = Path(__file__).resolve().parents[2] / "trained_model" / "batman_default.safetensors"
 WEIGHTS_FORMAT = "batman-weights-1"
 RUNS = Path("runs")  # where `batman train` puts run folders unless given --out
-_EPOCH_RE = re.compile(r"^epoch_(\d+)_loss_(\d+(?:\.\d+)?)\.pt$")
+_EPOCH_RE = re.compile(r"^epoch_(\d+)_loss_(-?\d+(?:\.\d+)?)\.pt$")  # negative: train.loss=psnr
 
 
 def checkpoint_name(epoch: int, val_loss: float) -> str:

@@ -135,7 +135,7 @@ class TrainCfg:
     epochs: int = 100
     steps_per_epoch: int = 0  # 0: one pass over the training clips
     val_clips: int = 0        # 0: every validation video once
-    loss: str = "l1"          # l1 | l2
+    loss: str = "l1"          # l1 | l2 | psnr (minus each frame's PSNR, averaged: train.reconstruction_loss)
     temporal_weight: float = 0.0  # weight of the temporal consistency term
     filter_weight: float = 0.0    # weight of the recursive head's filter state alone against the truth:
                                   # the filter must average where the scene is still (its gate closed)
@@ -380,7 +380,7 @@ CHECKS: dict[str, Check] = {
     "model.residual_cap_block": _block(32), "model.output_smoothing": _real(0, 1e3), "model.noise_input": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
-    "train.loss": _choice("l1", "l2"), "train.temporal_weight": _real(0, 1e6),
+    "train.loss": _choice("l1", "l2", "psnr"), "train.temporal_weight": _real(0, 1e6),
     "train.filter_weight": _real(0, 1e6), "train.bptt": _int(0, 10_000),
     "train.patience": _int(1, 1_000_000), "train.amp": _choice("auto", "bf16", "fp16", "off"),
     "train.grad_clip": _real(0), "train.save_every": _int(0, 10**9), "train.keep": _int(1, 1000),

@@ -175,12 +175,26 @@ def lr_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> 
 
 # --- loss -----------------------------------------------------------------------------------
 
+PSNR_FLOOR_MSE = 1e-6  # train.loss=psnr: 60 dB, where a frame's loss stops pulling
+
+
+def frame_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, T): each frame's mean squared error."""
+    return (out - target).pow(2).flatten(2).mean(-1)
+
+
 def reconstruction_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """l1, l2, or psnr: minus the mean over clips and frames of each frame's PSNR, the figure evaluate averages.
+    Why psnr: L1 and L2 weigh an error by its size, so a bright, nearly clean frame at 40 dB moves the weights
+    little, while in the average PSNR one dB counts the same on every frame (a frame's gradient is scaled by
+    1 / its MSE)."""
     if kind == "l1":
         return F.l1_loss(out, target)
     if kind == "l2":
         return F.mse_loss(out, target)
-    raise BatmanError(f"train.loss must be l1 or l2, not {kind!r}")
+    if kind == "psnr":
+        return 10 * torch.log10(frame_mse(out, target) + PSNR_FLOOR_MSE).mean()
+    raise BatmanError(f"train.loss must be l1, l2 or psnr, not {kind!r}")
 
 
 def temporal_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -268,8 +282,10 @@ def train_step(model, batch, opt, scaler, cfg: Config, device, amp_dtype) -> flo
 @torch.no_grad()
 def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist,
              keep_images: int = 0) -> tuple[float, float, list[torch.Tensor]]:
-    """Mean L1 and PSNR over the validation clips, reduced over ranks, and the last frame of this rank's
-    first `keep_images` clips as output | truth side by side, (3, H, 2W) on the CPU.
+    """Mean loss (train.loss's measure on the clamped output: L1, MSE, or minus the PSNR) and PSNR over the
+    validation clips, reduced over ranks, and the last frame of this rank's first `keep_images` clips as
+    output | truth side by side, (3, H, 2W) on the CPU. The loss picks the best epoch, so it is the measure
+    the run trains on.
 
     Runs the unwrapped network: DDP's forward broadcasts buffers (the tone curve's knots, BatchNorm
     statistics), a collective that hangs when ranks hold different numbers of validation clips."""
@@ -283,7 +299,8 @@ def validate(model, loader, cfg: Config, device, amp_dtype, d: Dist,
             out, _ = net(x, None)
         out = out.float().clamp(0, 1)
         mse = F.mse_loss(out, y).item()
-        sums += torch.tensor([F.l1_loss(out, y).item(), -10 * math.log10(max(mse, 1e-10)), 1.0], dtype=torch.float64)
+        loss = reconstruction_loss(out, y, cfg.train.loss).item()
+        sums += torch.tensor([loss, -10 * math.log10(max(mse, 1e-10)), 1.0], dtype=torch.float64)
         if len(images) < keep_images:
             images.append(torch.cat([out[0, -1], y[0, -1]], dim=-1).cpu())
     if d.enabled:
@@ -423,13 +440,17 @@ def init_architecture(cfg: Config, path: str | Path, explicit: set[str]) -> Conf
     """The config of a fine-tune from `path` (--init): every model setting not in `explicit` (the keys the
     user set) becomes the checkpoint's, so that `--init trained_model/...` fine-tunes the shipped model
     whatever its options, instead of the preset's architecture (which would drop or zero what the preset
-    lacks). Prints the settings taken."""
+    lacks). So does its data.exposure_level, the input brightness its model expects (export's gain aims at
+    it): measured again on a small fine-tune set it moved the shipped model's gain for one burst from 128.6
+    to 152.2, although the weights had learned the old level. Prints the settings taken."""
     _, saved = ckpts.read_weights(Path(path))
     taken = {f"model.{f.name}": getattr(saved.model, f.name) for f in fields(saved.model)
              if f.name not in ("checkpointing", "encoder_weights") and f"model.{f.name}" not in explicit
              and getattr(saved.model, f.name) != getattr(cfg.model, f.name)}
+    if saved.data.exposure_level > 0 and "data.exposure_level" not in explicit:
+        taken["data.exposure_level"] = saved.data.exposure_level
     if taken:
-        print(f"--init {path}: its model settings {', '.join(f'{k}={v}' for k, v in taken.items())} "
+        print(f"--init {path}: its settings {', '.join(f'{k}={v}' for k, v in taken.items())} "
               f"(--set to change them)")
     return apply_overrides(cfg, taken)
 
@@ -464,7 +485,7 @@ def check_ranks_agree(model, d: Dist) -> None:
         tqdm.write(f"weights identical on all {d.world} ranks (checksum {values[0]:.6f})")
 
 
-def write_log(out: Path, history: list[dict]) -> None:
+def write_log(out: Path, history: list[dict], loss: str = "l1") -> None:
     """CSV of every epoch and a loss plot, both replaced atomically."""
     if not history:
         return
@@ -472,7 +493,7 @@ def write_log(out: Path, history: list[dict]) -> None:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-    plot_losses(out / "loss.png", history)
+    plot_losses(out / "loss.png", history, loss)
 
 
 def log_epoch(board, row: dict, images: list[torch.Tensor], step: int) -> None:
@@ -486,13 +507,18 @@ def log_epoch(board, row: dict, images: list[torch.Tensor], step: int) -> None:
     board.flush()
 
 
-def plot_losses(path: Path, history: list[dict]) -> None:
+LOSS_LABELS = {"l1": "L1 loss", "l2": "L2 loss", "psnr": "loss (minus frame PSNR, dB)"}
+
+
+def plot_losses(path: Path, history: list[dict], loss: str = "l1") -> None:
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("L1 loss"), ax1.set_yscale("log"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax1.set_xlabel("epoch"), ax1.set_ylabel(LOSS_LABELS[loss]), ax1.legend(), ax1.grid(alpha=0.3)
+    if loss != "psnr":  # a negative loss has no log scale
+        ax1.set_yscale("log")
     ax2.plot(epochs, [h["val_psnr"] for h in history], "o-", color="C2")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("validation PSNR (dB)"), ax2.grid(alpha=0.3)
     fig.tight_layout()
@@ -611,7 +637,7 @@ def train(cfg: Config, out: str | Path | None = None, resume: str | None = None,
                 ckpts.save_checkpoint(out / ckpts.checkpoint_name(epoch + 1, val_loss), state)
                 ckpts.prune_checkpoints(out, cfg.train.keep)
             ckpts.save_checkpoint(out / ckpts.LAST, state)
-            write_log(out, prog.history)
+            write_log(out, prog.history, cfg.train.loss)
             if board:
                 log_epoch(board, prog.history[-1], val_images, prog.step)
             epochs_bar.set_postfix(train=f"{mean_train:.4f}", val=f"{val_loss:.4f}", psnr=f"{val_psnr:.2f}")
