@@ -134,3 +134,22 @@ def test_unknown_baseline_on_the_cli_exits_2_with_one_line(small_set, tmp_path, 
                  "--baselines", "vbm4d"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: unknown baseline 'vbm4d'") and err.count("\n") == 1
+
+
+def test_ensemble_flag_reaches_the_model_and_the_report(small_set, tmp_path):
+    """An untrained model starts out per pixel (flip invariant): its weights are perturbed so that views differ."""
+    saved = ckpt.load_checkpoint(small_set / "m.pt")
+    torch.manual_seed(0)
+    weights = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in saved["model"].items()}
+    ckpt.save_checkpoint(tmp_path / "p.pt", {"model": weights, "config": saved["config"]})
+    psnr = {}
+    for k in ("1", "2"):
+        out = tmp_path / k
+        assert main(["evaluate", "--root", str(small_set), "--model", str(tmp_path / "p.pt"), "--frames", "2",
+                     "--out", str(out), "--baselines", "--ensemble", k]) == 0
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["ensemble"] == int(k)
+        psnr[k] = report["mean"]["p"]["psnr"]
+    assert psnr["1"] != psnr["2"]
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--root", str(small_set), "--ensemble", "3"])

@@ -179,3 +179,42 @@ def test_export_memory_does_not_grow_with_length(tmp_path):
     rss64 = peak_rss_kb(root, model, tmp_path / "o64", 64)
     print(f"peak RSS: 8 frames {rss8 / 1024:.0f} MB, 64 frames {rss64 / 1024:.0f} MB, ratio {rss64 / rss8:.3f}")
     assert rss64 <= 1.10 * rss8
+
+
+class PixelNet(torch.nn.Module):
+    """Per pixel, G1 and G2 alike, with a recurrent term: every flip and transpose of a frame gives the same
+    output turned alike, so a self-ensemble must reproduce the single view."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.mix = torch.nn.Conv2d(3, 3, 1)
+
+    def step(self, frame, state):
+        rgb = torch.stack([frame[:, 0], (frame[:, 1] + frame[:, 2]) / 2, frame[:, 3]], 1)
+        y = torch.sigmoid(self.mix(rgb)) + (0 if state is None else 0.5 * state)
+        return y, y
+
+
+def test_ensemble_views_turn_back_and_keep_their_own_states():
+    """Non-square frames and two steps: a view not turned back, or a state shared between views, fails."""
+    rng = np.random.default_rng(4)
+    frames = [rng.random((4, 24, 40), dtype=np.float32) for _ in range(2)]
+    single = Enhancer(PixelNet(), 1)
+    for k in (2, 4, 8):
+        single.reset()
+        ensemble = Enhancer(PixelNet(), 1, ensemble=k)
+        for frame in frames:
+            np.testing.assert_allclose(ensemble(frame), single(frame), atol=1e-6)
+        assert len(ensemble.states) == k
+
+
+def test_ensemble_averages_views_that_differ():
+    """A model that is not flip invariant: the 8-view output differs from the single view's yet is the same
+    image; an unknown view count is refused."""
+    frame = np.random.default_rng(5).random((4, 32, 48), dtype=np.float32)
+    single, ensemble = Enhancer(LocalNet(), 1)(frame), Enhancer(LocalNet(), 1, ensemble=8)(frame)
+    assert np.abs(ensemble - single).mean() > 1e-3
+    assert np.abs(ensemble - single).mean() < np.abs(single - single.mean()).mean()  # still the same image
+    with pytest.raises(BatmanError, match="--ensemble must be one of 1, 2, 4, 8"):
+        Enhancer(LocalNet(), 1, ensemble=3)

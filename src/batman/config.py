@@ -423,6 +423,9 @@ OPTION_CHECKS: dict[tuple[str, str], Check] = {
 }
 
 
+ENSEMBLES = (1, 2, 4, 8)  # views an Enhancer may average (infer.VIEWS)
+
+
 def check_options(command: str, **values) -> None:
     """Check a command's numeric options (`--fps`, `--tile`, ...); a bad one is a one-line error."""
     for name, value in values.items():

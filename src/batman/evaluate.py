@@ -115,9 +115,10 @@ def method_name(path: Path, taken: set) -> str:
 
 
 def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result", baselines=(), videos=None,
-             device: str | None = None, with_ssim: bool = True, classical=DEFAULT_BASELINES) -> dict:
+             device: str | None = None, with_ssim: bool = True, classical=DEFAULT_BASELINES,
+             ensemble: int = 1) -> dict:
     """Evaluate checkpoint `model` (default: ckpt.find_default_model), the checkpoints `baselines` and the
-    `classical` baselines (names in BASELINES) on a split."""
+    `classical` baselines (names in BASELINES) on a split; `ensemble`: views each model averages (infer)."""
     from batman.ckpt import load_model, resolve_device, resolve_model
     from batman.data.cache import open_cache
     from batman.data.drv import check_video_id, load_split
@@ -136,7 +137,8 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
             raise BatmanError(f"{path} uses {net_cfg.data.mode} input at scale {net_cfg.model.scale}; the first "
                               f"model uses {cfg.data.mode} at scale {cfg.model.scale}: compare like with like")
         cfg = cfg or net_cfg
-        enhancers[method_name(path, set(enhancers))] = Enhancer(net, net_cfg.model.scale, device)
+        enhancers[method_name(path, set(enhancers))] = Enhancer(net, net_cfg.model.scale, device, ensemble=ensemble,
+                                                                packed=net_cfg.data.mode == "raw")
     cache = open_cache(root, cfg.data.cache or None)
     all_videos = load_split(root, split, cfg.data.mode, cache=cache)
     chosen = [v for v in all_videos if not videos or v.id in videos]
@@ -152,7 +154,7 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     if not results:
         raise BatmanError(f"no video with ground truth in the {split} split of {root}")
     report = {"split": split, "root": str(root), "models": [str(p) for p in paths], "frames": frames,
-              "baselines": list(classical), "bm4d_window": BM4D_WINDOW if "bm4d" in classical else None,
+              "baselines": list(classical), "ensemble": ensemble, "bm4d_window": BM4D_WINDOW if "bm4d" in classical else None,
               "videos": results, "mean": split_means(results), "skipped": skipped,
               "static": [v.id for v in chosen if v.id in results and v.static]}
     write_report(Path(out), report)

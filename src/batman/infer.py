@@ -5,6 +5,11 @@ a burst that comes with no long exposure.
 Tiles: a frame larger than `tile` is cut into tiles overlapping by at least `overlap`, each with its
 own recurrent state, and blended with linear ramps so no seam shows.
 
+Self-ensemble (`ensemble` 2, 4 or 8): the video also runs flipped and transposed, each view with its own
+recurrent state, and the outputs, turned back, are averaged. Training augments with the same eight views
+(dataset.flip_clip), so each is an estimate of similar quality whose errors differ in part; the cost grows
+with the number of views.
+
 Exposure: a DRV video knows its gain (long exposure / frame exposure). A user's own dark burst does not, and
 multiplied by 1 it goes into the network as black. The gain is chosen from the burst itself:
 
@@ -20,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from batman.config import BatmanError, DataCfg
-from batman.data.dataset import FrameReader
+from batman.config import ENSEMBLES, BatmanError, DataCfg
+from batman.data.dataset import FrameReader, flip_clip
 
 # --- the enhancer: model + tiling + state ------------------------------------------------------
 
@@ -50,17 +55,36 @@ def ramp_weights(size: int, overlap: int, at_start: bool, at_end: bool) -> np.nd
     return w
 
 
+# (hflip, vflip, transpose) of each view, in the order taken: 2 adds the transpose (exact on a packed raw,
+# where it swaps G1 and G2), 4 the two that also keep the diagonals, 8 every flip and transpose
+VIEWS = ((False, False, False), (False, False, True), (True, True, False), (True, True, True),
+         (True, False, False), (False, True, False), (True, False, True), (False, True, True))
+
+
+def unflip(y: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
+    """The inverse of dataset.flip_clip on an output (..., 3, H, W): transpose first, then the flips."""
+    if transpose:
+        y = np.swapaxes(y, -1, -2)
+    if vflip:
+        y = y[..., ::-1, :]
+    return y[..., ::-1] if hflip else y
+
+
 class Enhancer:
     """Wraps a model for frame-by-frame inference: (C, H, W) float32 -> (sH, sW, 3) float32 in [0, 1].
 
     The model and its input run channels_last (the model is converted in place): the convolutions' fastest
     layout, measured faster than the contiguous one for every model on the CPU (`bench infer`), and the
-    same output up to float rounding (tests/test_model.py)."""
+    same output up to float rounding (tests/test_model.py). `ensemble`: views averaged (module docstring);
+    `packed`: the input is a packed raw (a transpose swaps G1 and G2)."""
 
     def __init__(self, model: torch.nn.Module, scale: int, device: torch.device | str = "cpu",
-                 tile: int = 0, overlap: int = 32):
+                 tile: int = 0, overlap: int = 32, ensemble: int = 1, packed: bool = True):
         if tile and tile <= 2 * overlap:
             raise BatmanError(f"--tile {tile} must be larger than twice --overlap {overlap}")
+        if ensemble not in ENSEMBLES:
+            raise BatmanError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {ensemble}")
+        self.views, self.packed = VIEWS[:ensemble], packed
         self.model, self.scale, self.device = model.eval(), scale, torch.device(device)
         if isinstance(model, torch.nn.Module):
             self.model.to(memory_format=torch.channels_last)
@@ -72,11 +96,19 @@ class Enhancer:
         self.states = {}
 
     @torch.inference_mode()
-    def _run(self, key, x: np.ndarray) -> np.ndarray:
+    def _step(self, key, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).to(self.device)
         t = t.contiguous(memory_format=torch.channels_last)
         y, self.states[key] = self.model.step(t, self.states.get(key))
         return y[0].float().cpu().numpy()  # (3, sh, sw)
+
+    def _run(self, key, x: np.ndarray) -> np.ndarray:
+        """One tile through every view, each with its own state, averaged."""
+        if len(self.views) == 1:
+            return self._step(key, x)
+        total = sum(unflip(self._step((key, view), flip_clip(x, *view, packed=self.packed)), *view)
+                    for view in self.views)
+        return total / len(self.views)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         _, h, w = frame.shape
