@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_ensemble_arg(sp):
         sp.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, metavar="K",
                         help="also run K-1 flipped/transposed views of each video and average them: "
-                             "K times the time, higher PSNR (2: +0.05-0.11 dB on the held-out sets; "
-                             "docs/MODEL_CARD.md) (default 1)")
+                             "about K times the time, higher PSNR (2: +0.05-0.11 dB, 8: +0.11-0.28 dB on the "
+                             "held-out sets; docs/MODEL_CARD.md)")
 
     sp = add("inspect", cmd_inspect, "print the Bayer pattern, levels, size and exposure of raw files")
     sp.add_argument("files", nargs="+", type=Path, help="raw files (ARW, DNG, any LibRaw reads)")

@@ -154,7 +154,8 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     if not results:
         raise BatmanError(f"no video with ground truth in the {split} split of {root}")
     report = {"split": split, "root": str(root), "models": [str(p) for p in paths], "frames": frames,
-              "baselines": list(classical), "ensemble": ensemble, "bm4d_window": BM4D_WINDOW if "bm4d" in classical else None,
+              "baselines": list(classical), "ensemble": ensemble,
+              "bm4d_window": BM4D_WINDOW if "bm4d" in classical else None,
               "videos": results, "mean": split_means(results), "skipped": skipped,
               "static": [v.id for v in chosen if v.id in results and v.static]}
     write_report(Path(out), report)

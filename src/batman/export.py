@@ -307,6 +307,8 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
     check_options("export", fps=fps, frames=frames, tile=tile, overlap=overlap, workers=workers)
     device = resolve_device(device)
     net, cfg = load_model(model, device)  # model None: the default model, printed
+    if ensemble > 1:
+        tqdm.write(f"self-ensemble: {ensemble} flipped/transposed views averaged (about {ensemble}x the time)")
     out = Path(out)
     written = []
     cache = open_cache(root, cfg.data.cache or None) if root else None
