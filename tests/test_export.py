@@ -145,9 +145,12 @@ class LocalNet(torch.nn.Module):
         return y, y
 
 
-def test_tile_blending_is_seamless_for_a_local_model():
+@pytest.mark.parametrize("ensemble", [1, 8])
+def test_tile_blending_is_seamless_for_a_local_model(ensemble):
+    """Also with a self-ensemble: every tile's views keep states of their own."""
     rng = np.random.default_rng(2)
-    whole, tiled = Enhancer(LocalNet(), 1), Enhancer(LocalNet(), 1, tile=256, overlap=32)
+    whole = Enhancer(LocalNet(), 1, ensemble=ensemble)
+    tiled = Enhancer(LocalNet(), 1, tile=256, overlap=32, ensemble=ensemble)
     for _ in range(2):
         frame = rng.random((4, 512, 768), dtype=np.float32)
         np.testing.assert_allclose(tiled(frame), whole(frame), atol=1e-5)
