@@ -136,20 +136,20 @@ def test_unknown_baseline_on_the_cli_exits_2_with_one_line(small_set, tmp_path, 
     assert code == 2 and err.startswith("error: unknown baseline 'vbm4d'") and err.count("\n") == 1
 
 
-def test_ensemble_flag_reaches_the_model_and_the_report(small_set, tmp_path):
+@pytest.mark.parametrize("flag,key,value", [(["--ensemble", "2"], "ensemble", 2), (["--two-pass"], "two_pass", True)])
+def test_quality_flags_reach_the_model_and_the_report(small_set, tmp_path, flag, key, value):
     """An untrained model starts out per pixel (flip invariant): its weights are perturbed so that views differ."""
     saved = ckpt.load_checkpoint(small_set / "m.pt")
     torch.manual_seed(0)
     weights = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in saved["model"].items()}
     ckpt.save_checkpoint(tmp_path / "p.pt", {"model": weights, "config": saved["config"]})
     psnr = {}
-    for k in ("1", "2"):
-        out = tmp_path / k
+    for name, extra in (("plain", []), ("flag", flag)):
+        out = tmp_path / name
         assert main(["evaluate", "--root", str(small_set), "--model", str(tmp_path / "p.pt"), "--frames", "2",
-                     "--out", str(out), "--baselines", "--ensemble", k]) == 0
+                     "--out", str(out), "--baselines", *extra]) == 0
         report = json.loads((out / "metrics.json").read_text())
-        assert report["ensemble"] == int(k)
-        psnr[k] = report["mean"]["p"]["psnr"]
-    assert psnr["1"] != psnr["2"]
+        psnr[name] = report["mean"]["p"]["psnr"]
+    assert report[key] == value and psnr["plain"] != psnr["flag"]
     with pytest.raises(SystemExit):
         main(["evaluate", "--root", str(small_set), "--ensemble", "3"])

@@ -221,3 +221,30 @@ def test_ensemble_averages_views_that_differ():
     assert np.abs(ensemble - single).mean() < np.abs(single - single.mean()).mean()  # still the same image
     with pytest.raises(BatmanError, match="--ensemble must be one of 1, 2, 4, 8"):
         Enhancer(LocalNet(), 1, ensemble=3)
+
+
+class RecordNet(torch.nn.Module):
+    """Records, per step, the frame's mean and whether the state was fresh; outputs black."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def step(self, frame, state):
+        self.seen.append((round(float(frame.mean()), 5), state is None))
+        return torch.zeros(frame.shape[0], 3, *frame.shape[-2:]), 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_two_pass_runs_the_frames_backward_then_forward_from_that_state(syn, tmp_path, workers):
+    from batman.data.dataset import iter_frames
+    from batman.data.drv import load_split
+    from batman.export import export_video
+
+    cfg = make_config("demo", {})
+    video = load_split(syn, "test", "raw")[0]
+    means = [round(float(f.mean()), 5) for f in iter_frames(video, cfg.data)][:4]
+    net = RecordNet()
+    export_video(net, cfg, video, tmp_path, frames=4, workers=workers, two_pass=True)
+    assert [m for m, _ in net.seen] == means[::-1] + means
+    assert [fresh for _, fresh in net.seen] == [True] + [False] * 7  # one state, never reset between the passes

@@ -120,7 +120,7 @@ def cmd_evaluate(args) -> int:
     from batman.evaluate import evaluate
     evaluate(args.root, model=args.model, split=args.split, frames=args.frames, out=args.out,
              baselines=args.compare, videos=args.videos, device=args.device,
-             classical=args.baselines, ensemble=args.ensemble)
+             classical=args.baselines, ensemble=args.ensemble, two_pass=args.two_pass)
     return 0
 
 
@@ -129,7 +129,7 @@ def cmd_export(args) -> int:
     export(root=args.root, input_folder=args.input, model=args.model, out=args.out, split=args.split,
            videos=args.videos, tile=args.tile, overlap=args.overlap, side_by_side=args.side_by_side,
            fps=args.fps, frames=args.frames, device=args.device, gain=args.gain, workers=args.workers,
-           ensemble=args.ensemble)
+           ensemble=args.ensemble, two_pass=args.two_pass)
     return 0
 
 
@@ -194,11 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     def add_device_arg(sp):
         sp.add_argument("--device", default="auto", help=DEVICE_HELP)
 
-    def add_ensemble_arg(sp):
+    def add_quality_args(sp):  # --ensemble, --two-pass: more time for quality
         sp.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, metavar="K",
                         help="also run K-1 flipped/transposed views of each video and average them: "
                              "about K times the time, higher PSNR (2: +0.05-0.11 dB, 8: +0.11-0.28 dB on the "
                              "held-out sets; docs/MODEL_CARD.md)")
+        sp.add_argument("--two-pass", action="store_true",
+                        help="run each video backward first and start from that state: every frame of a still "
+                             "scene gets the last frame's quality; not causal, 2x the time (docs/MODEL_CARD.md)")
 
     sp = add("inspect", cmd_inspect, "print the Bayer pattern, levels, size and exposure of raw files")
     sp.add_argument("files", nargs="+", type=Path, help="raw files (ARW, DNG, any LibRaw reads)")
@@ -286,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--videos", nargs="*", default=None, help="only these video ids (default: all)")
     sp.add_argument("--frames", type=int, default=0, help="frames per video (0: all)")
     sp.add_argument("--out", type=Path, default=Path("result"), help="folder for metrics.{json,csv,md,png}")
-    add_ensemble_arg(sp)
+    add_quality_args(sp)
     add_device_arg(sp)
 
     sp = add("export", cmd_export, "enhance videos frame by frame into mp4 and PNG frames")
@@ -307,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --input: amplify every frame by G (default: chosen from the burst's brightness)")
     sp.add_argument("--workers", type=int, default=None,
                     help="processes decoding frames, beside one encoding PNGs (0: threads of this process; default 2)")
-    add_ensemble_arg(sp)
+    add_quality_args(sp)
     add_device_arg(sp)
 
     sp = add("release", cmd_release, "write a checkpoint's weights as float16 safetensors + config + sha256")

@@ -48,13 +48,17 @@ class Scores:
             self.regions[key].add(output, target, mask)
         self.last = output
 
+    def spent(self, step):
+        """Run step() and count its seconds; its result is returned, not scored."""
+        start = time.perf_counter()
+        result = step()
+        self.seconds += time.perf_counter() - start
+        return result
+
     def timed(self, step, pending: deque) -> None:
         """Run step() -> outputs, count its seconds, score each output against the oldest pending
         (target, regions)."""
-        start = time.perf_counter()
-        outputs = step()
-        self.seconds += time.perf_counter() - start
-        for output in outputs:
+        for output in self.spent(step):
             self.add(output, *pending.popleft())
 
     def summary(self, target_mabd: np.ndarray, masked: bool = False) -> dict:
@@ -66,10 +70,12 @@ class Scores:
 
 
 def evaluate_video(video, cfg: Config, enhancers: dict, frames: int = 0, with_ssim: bool = True,
-                   cache=None, classical=DEFAULT_BASELINES, figure: Path | None = None) -> dict:
+                   cache=None, classical=DEFAULT_BASELINES, figure: Path | None = None,
+                   two_pass: bool = False) -> dict:
     """Scores of every enhancer and the `classical` baselines (names in BASELINES) on one video:
     {method: {psnr, ssim, mabd_error_e3, seconds_per_frame, drift_db, psnr_frames[, psnr_moving,
-    psnr_uncovered]}}; `figure`: where the ghosting crops go."""
+    psnr_uncovered]}}; `figure`: where the ghosting crops go; `two_pass`: the enhancers run the frames
+    backward first (infer's docstring)."""
     from batman.data.dataset import iter_frames, load_targets
     from batman.data.motion import iter_masks
 
@@ -81,6 +87,9 @@ def evaluate_video(video, cfg: Config, enhancers: dict, frames: int = 0, with_ss
     truth_mabd = MABD()
     for e in enhancers.values():
         e.reset()
+    for frame in iter_frames(video, cfg.data, cache, range(n - 1, -1, -1) if two_pass else ()):
+        for name, enhancer in enhancers.items():  # the backward pass (infer's docstring); its time counts
+            scores[name].spent(lambda: enhancer(frame))
     recent, regions, target = RecentUnion(), None, None
     triples = zip(iter_frames(video, cfg.data, cache), load_targets(video, n), iter_masks(video, n))
     for i, (frame, target, mask) in enumerate(tqdm(triples, total=n, desc=f"evaluate {video.id}", leave=False,
@@ -116,9 +125,10 @@ def method_name(path: Path, taken: set) -> str:
 
 def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result", baselines=(), videos=None,
              device: str | None = None, with_ssim: bool = True, classical=DEFAULT_BASELINES,
-             ensemble: int = 1) -> dict:
+             ensemble: int = 1, two_pass: bool = False) -> dict:
     """Evaluate checkpoint `model` (default: ckpt.find_default_model), the checkpoints `baselines` and the
-    `classical` baselines (names in BASELINES) on a split; `ensemble`: views each model averages (infer)."""
+    `classical` baselines (names in BASELINES) on a split; `ensemble`: views each model averages, `two_pass`:
+    the models run each video backward first (infer's docstring)."""
     from batman.ckpt import load_model, resolve_device, resolve_model
     from batman.data.cache import open_cache
     from batman.data.drv import check_video_id, load_split
@@ -148,13 +158,13 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
             skipped.append(video.id)
             continue
         results[video.id] = evaluate_video(video, cfg, enhancers, frames, with_ssim, cache, classical,
-                                           figure=Path(out) / f"ghosting_{video.id}.png")
+                                           figure=Path(out) / f"ghosting_{video.id}.png", two_pass=two_pass)
     if skipped:
         tqdm.write(f"note: {len(skipped)} videos without ground truth skipped ({', '.join(skipped)})")
     if not results:
         raise BatmanError(f"no video with ground truth in the {split} split of {root}")
     report = {"split": split, "root": str(root), "models": [str(p) for p in paths], "frames": frames,
-              "baselines": list(classical), "ensemble": ensemble,
+              "baselines": list(classical), "ensemble": ensemble, "two_pass": two_pass,
               "bm4d_window": BM4D_WINDOW if "bm4d" in classical else None,
               "videos": results, "mean": split_means(results), "skipped": skipped,
               "static": [v.id for v in chosen if v.id in results and v.static]}

@@ -18,7 +18,6 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack
-from itertools import islice
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -117,18 +116,18 @@ def _decode_frame(i: int) -> np.ndarray:
     return reader.frame(video, i)
 
 
-def decoded_frames(video, cfg: DataCfg, cache, n: int, workers: int):
-    """The first n input frames (C, H, W) of `video` in order, decoded (or read from the cache) in `workers`
-    processes at most 2 * workers frames ahead; workers=0: in a thread of this process, 2 ahead."""
+def decoded_frames(video, cfg: DataCfg, cache, indices: range, workers: int):
+    """The input frames (C, H, W) of `video` at `indices`, in that order, decoded (or read from the cache) in
+    `workers` processes at most 2 * workers frames ahead; workers=0: in a thread of this process, 2 ahead."""
     from batman.data.dataset import iter_frames
 
     if workers <= 0:
-        yield from prefetch(islice(iter_frames(video, cfg, cache), n))
+        yield from prefetch(iter_frames(video, cfg, cache, indices))
         return
     pool = _pool(workers, _start_decoder, (cfg, cache, video))
     pending: deque[Future] = deque()
     try:
-        for i in range(n):
+        for i in indices:
             pending.append(pool.submit(_decode_frame, i))
             if len(pending) > 2 * workers:
                 yield pending.popleft().result()
@@ -296,10 +295,10 @@ def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=No
 def export(root=None, input_folder=None, model=None, out="result", split: str = "test", videos=None,
            tile: int = 0, overlap: int = 32, side_by_side: bool = False, fps: float = 20.0, frames: int = 0,
            device: str | None = None, gain: float | None = None, workers: int | None = None,
-           ensemble: int = 1) -> list[Path]:
+           ensemble: int = 1, two_pass: bool = False) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths.
     `workers`: decoding processes (and one PNG encoding process; None: EXPORT_WORKERS); 0 decodes and encodes
-    in threads here; `ensemble`: views averaged (infer.Enhancer)."""
+    in threads here; `ensemble`: views averaged, `two_pass`: each video run backward first (infer.Enhancer)."""
     from batman.ckpt import load_model, resolve_device
     from batman.data.cache import open_cache
 
@@ -309,20 +308,23 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
     net, cfg = load_model(model, device)  # model None: the default model, printed
     if ensemble > 1:
         tqdm.write(f"self-ensemble: {ensemble} flipped/transposed views averaged (about {ensemble}x the time)")
+    if two_pass:
+        tqdm.write("two passes: each video runs backward first, then forward from that state (2x the time)")
     out = Path(out)
     written = []
     cache = open_cache(root, cfg.data.cache or None) if root else None
     for video in resolve_videos(cfg, root, input_folder, split, videos, cache, gain):
         written += export_video(net, cfg, video, out, tile=tile, overlap=overlap, side_by_side=side_by_side,
                                 fps=fps, frames=frames, device=device, cache=cache, workers=workers,
-                                ensemble=ensemble)
+                                ensemble=ensemble, two_pass=two_pass)
     tqdm.write(f"wrote {len(written)} videos into {out / 'video'} and PNG frames into {out / 'frames'}")
     return written
 
 
 def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int = 32,
                  side_by_side: bool = False, fps: float = 20.0, frames: int = 0, device="cpu",
-                 cache=None, workers: int = EXPORT_WORKERS, ensemble: int = 1) -> list[Path]:
+                 cache=None, workers: int = EXPORT_WORKERS, ensemble: int = 1,
+                 two_pass: bool = False) -> list[Path]:
     """One video, streamed: decode -> enhance -> PNG + mp4 (+ side by side), constant memory; `workers`
     decoding processes and one PNG encoding process (0: threads of this process, the same output).
 
@@ -341,14 +343,14 @@ def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int
     with ExitStack() as outputs:  # left in reverse: frames, side by side, main mp4
         sinks = [VideoSink(outputs.enter_context(atomic_path(path, suffix=".mp4")), fps, path) for path in finals]
         frame_dir = outputs.enter_context(atomic_dir(out / "frames" / video.id))
-        _stream_video(enhancer, cfg, video, n, frame_dir, sinks, cache, workers)
+        _stream_video(enhancer, cfg, video, n, frame_dir, sinks, cache, workers, two_pass)
     return finals
 
 
 def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Path, sinks: list[VideoSink],
-                  cache, workers: int) -> None:
-    """Decode, enhance and write n frames; on any error ffmpeg and the workers are stopped and the error
-    raised."""
+                  cache, workers: int, two_pass: bool = False) -> None:
+    """Decode, enhance and write n frames (`two_pass`: after running them backward); on any error ffmpeg and
+    the workers are stopped and the error raised."""
     from batman.data.dataset import load_targets
 
     main, side = sinks[0], (sinks[1] if len(sinks) > 1 else None)
@@ -356,7 +358,11 @@ def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Pat
     targets = load_targets(video, n) if side and video.targets else iter(())
     pngs = PngWriter(separate=workers > 0)  # its process forks here, before the writer thread exists
     writer = BackgroundWriter()
-    inputs = decoded_frames(video, cfg.data, cache, n, workers)
+    if two_pass:  # the backward pass: the forward one starts from its state (infer's docstring)
+        backward = decoded_frames(video, cfg.data, cache, range(n - 1, -1, -1), workers)
+        for frame in tqdm(backward, total=n, desc=f"backward {video.id}", unit="frame", leave=False):
+            enhancer(frame)
+    inputs = decoded_frames(video, cfg.data, cache, range(n), workers)
     try:
         for i, frame in tqdm(enumerate(inputs), total=n, desc=f"export {video.id}", unit="frame", leave=False):
             y = to_uint8(enhancer(frame))

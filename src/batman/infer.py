@@ -5,6 +5,10 @@ a burst that comes with no long exposure.
 Tiles: a frame larger than `tile` is cut into tiles overlapping by at least `overlap`, each with its
 own recurrent state, and blended with linear ramps so no seam shows.
 
+Two passes (export and evaluate `--two-pass`): a video known in whole may run backward first, outputs dropped,
+so that the forward pass starts from a state that has seen every frame and was carried back to the first one; on
+a still scene every frame then gets the last frame's quality. Not causal, and twice the time.
+
 Self-ensemble (`ensemble` 2, 4 or 8): the video also runs flipped and transposed, each view with its own
 recurrent state, and the outputs, turned back, are averaged. Training augments with the same eight views
 (dataset.flip_clip), so each is an estimate of similar quality whose errors differ in part; the cost grows

@@ -233,10 +233,12 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(seed)
 
 
-def iter_frames(video: Video, cfg: DataCfg, cache: FrameCache | None = None) -> Iterator[np.ndarray]:
-    """Every full input frame of a video, float32 (C, H, W) gained and clipped, one at a time."""
+def iter_frames(video: Video, cfg: DataCfg, cache: FrameCache | None = None,
+                indices=None) -> Iterator[np.ndarray]:
+    """Every full input frame of a video (or those at `indices`, in their order), float32 (C, H, W) gained and
+    clipped, one at a time."""
     reader = FrameReader(cfg, cache)
-    for i in range(len(video.frames)):
+    for i in range(len(video.frames)) if indices is None else indices:
         yield reader.frame(video, i)
 
 
