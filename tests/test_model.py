@@ -584,6 +584,20 @@ def test_residual_block_cap_scales_each_block_by_one_factor():
     assert float(factor.max() - factor.min()) > 0.05 and 0.0 < float(factor.min()) and float(factor.max()) <= 1.0
 
 
+def test_residual_cap_mean_lets_each_blocks_mean_through_and_caps_its_detail():
+    _, y0, base, y1 = with_and_without(residual_cap=0.02, residual_cap_block=8, residual_cap_mean=True)
+    r0, r1 = (y0 - base)[0, :, 0], (y1 - base)[0, :, 0]  # (t, 40, 56): 5 x 7 blocks of 8 x 8
+    blocks = lambda r: r.unflatten(-1, (7, 8)).unflatten(-3, (5, 8)).transpose(2, 3).flatten(-2)  # (t, 5, 7, 64)
+    b0, b1 = blocks(r0), blocks(r1)
+    assert torch.allclose(b1.mean(-1), b0.mean(-1), atol=1e-6)  # the mean whole (no rule here)
+    d0, d1 = b0 - b0.mean(-1, keepdim=True), b1 - b1.mean(-1, keepdim=True)
+    factor = (d1 * d0).sum(-1) / d0.pow(2).sum(-1)
+    assert torch.allclose(d1, factor[..., None] * d0, atol=1e-6)  # the detail: one factor per block
+    assert float(factor.min()) < 0.95 and float(factor.max()) <= 1.0
+    with pytest.raises(BatmanError, match="residual_cap_mean.*needs model.residual_cap and model.residual_cap_block"):
+        build_model(tiny(head="recursive", residual_cap=1.5, residual_cap_mean=True), 4)
+
+
 def test_residual_cap_block_must_divide_the_padded_frame():
     from batman.config import make_config
     with pytest.raises(BatmanError, match="model.residual_cap_block.*power of two"):

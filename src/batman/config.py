@@ -117,6 +117,9 @@ class ModelCfg:
     residual_cap_block: int = 0  # recursive head: with residual_cap, one factor per block x block pixels of the
                               # input grid instead of one per frame (0): the residual invents detail where the
                               # scene is textured, and one factor per frame either lets it or cuts it everywhere
+    residual_cap_mean: bool = False  # recursive head: with residual_cap_block, the cap scales only the residual's
+                              # detail within each block; its block mean (a correction of the filter state's level
+                              # or colour, which the cap read as invented detail) passes with the rule's weight
     output_smoothing: float = 0.0  # recursive head: the output follows its gate, y'_t = y'_{t-1} + min(1, S k_t)
                               # (y_t - y'_{t-1}) (0: off; RecursiveHead.smooth): on still scenes the correction of
                               # each frame jitters more than the filter moves (a release setting, no training)
@@ -377,7 +380,8 @@ CHECKS: dict[str, Check] = {
     "model.encoder_mean": _flag, "model.gate_evidence": _flag,
     "model.denoiser": _int(0, 256), "model.state_reset": _flag, "model.residual_rule": _real(0, 1e3),
     "model.residual_cap": _real(0, 1e3),
-    "model.residual_cap_block": _block(32), "model.output_smoothing": _real(0, 1e3), "model.noise_input": _flag,
+    "model.residual_cap_block": _block(32), "model.residual_cap_mean": _flag, "model.output_smoothing": _real(0, 1e3),
+    "model.noise_input": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
     "train.loss": _choice("l1", "l2", "psnr"), "train.temporal_weight": _real(0, 1e6),
@@ -409,8 +413,8 @@ def validate(cfg: Config) -> Config:
 
 
 # Settings that change no weight: `release --set` may change them, and `train --init` may switch them.
-RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block", "model.align_to",
-                "model.align_rating", "model.align_margin", "model.output_smoothing",
+RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block", "model.residual_cap_mean",
+                "model.align_to", "model.align_rating", "model.align_margin", "model.output_smoothing",
                 "data.exposure_level")
 
 # Command-line options outside Config, checked the same way: (command, option) -> check.

@@ -29,8 +29,8 @@ from batman.model.denoiser import BaseDenoiser
 from batman.model.encoder import Encoder
 from batman.model.fusion import MFF, conv_of_concat, upsample
 from batman.model.lite import LiteEncoder
-from batman.model.residual import (frame_noise, noise_channel, residual_block_cap_weight, residual_cap_weight,
-                                   residual_weight)
+from batman.model.residual import (block_mean, frame_noise, noise_channel, residual_block_cap_weight,
+                                   residual_cap_weight, residual_weight)
 from batman.model.unet import SIDUNet
 
 PAD_MULTIPLE = 32  # the encoder's deepest stride
@@ -222,7 +222,10 @@ class RecursiveHead(nn.Module):
                 raise BatmanError(f"model.{key} reads the noise from the G1 - G2 difference of packed raw "
                                   "frames: it needs data.mode=raw")
         self.residual_rule, self.residual_cap = cfg.residual_rule, cfg.residual_cap
-        self.residual_cap_block = cfg.residual_cap_block
+        self.residual_cap_block, self.residual_cap_mean = cfg.residual_cap_block, cfg.residual_cap_mean
+        if self.residual_cap_mean and not (self.residual_cap and self.residual_cap_block):
+            raise BatmanError("model.residual_cap_mean splits the residual into the blocks of "
+                              "model.residual_cap_block: it needs model.residual_cap and model.residual_cap_block")
         self.output_smoothing = cfg.output_smoothing
         if self.output_smoothing and scale != 1:
             raise BatmanError("model.output_smoothing keeps the output on the input grid: it needs model.scale=1")
@@ -289,7 +292,7 @@ class RecursiveHead(nn.Module):
             correction = correction + self.denoiser(reads)
         residual = self.residual[-1](correction)
         if self.residual_rule or self.residual_cap:
-            residual = residual * self.residual_scale(residual, x, held, sigma, valid).to(residual.dtype)
+            residual = self.weighed_residual(residual, x, held, sigma, valid)
         return base_out + residual, m, base_out, k
 
     def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age) -> torch.Tensor:
@@ -310,6 +313,19 @@ class RecursiveHead(nn.Module):
         """(B,): the frame's noise (`frame_noise`) on the `valid` (H, W) before padding: replicated rows are not
         the scene's."""
         return frame_noise(x if valid is None else x[..., :valid[0], :valid[1]])
+
+    def weighed_residual(self, residual, x, held, sigma, valid=None) -> torch.Tensor:
+        """The residual times `residual_scale`; with cfg.residual_cap_mean only its detail within each cap block
+        is capped, and its block mean (a correction of the filter state's level or colour: on the darkest real
+        raws the cap cut it as the state grew clean, and their output fell over the frames) gets the rule's
+        weight alone."""
+        if not self.residual_cap_mean:
+            return residual * self.residual_scale(residual, x, held, sigma, valid).to(residual.dtype)
+        mean = block_mean(residual, self.residual_cap_block * self.scale)
+        detail = residual - mean
+        rule = residual_weight(x if valid is None else x[..., :valid[0], :valid[1]], self.residual_rule, sigma) \
+            if self.residual_rule else 1.0
+        return mean * rule + detail * self.residual_scale(detail, x, held, sigma, valid).to(residual.dtype)
 
     def residual_scale(self, residual, x, held, sigma, valid=None) -> torch.Tensor:
         """(B, 1, 1, 1), or (B, 1, sH, sW) with a residual_cap_block: the noise rule's weight times the cap's

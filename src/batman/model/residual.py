@@ -71,6 +71,11 @@ def residual_block_cap_weight(residual: torch.Tensor, held: torch.Tensor, cap: f
     return weight.repeat_interleave(block * scale, dim=2).repeat_interleave(block * scale, dim=3)
 
 
+def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Each block x block tile of x (B, C, H, W) replaced by its mean (block divides H and W)."""
+    return F.avg_pool2d(x, block).repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
+
+
 NOISE_FLOOR, NOISE_CENTRE, NOISE_SPREAD = 1e-4, -3.5, 2.0  # log held noise: about -6 (bright) to -1 (dark, frame 1)
 
 
