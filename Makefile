@@ -27,6 +27,9 @@ residual_rule ?= 0.05
 # most 0.01 dB, the best on the static ones (same script, --caps, --cap-blocks; docs/RESULTS.md, ninth session)
 residual_cap  ?= 1.5
 residual_cap_block ?= 8
+# whether that cap leaves each block's mean of the residual whole (model.residual_cap_mean, no training): the
+# darkest real raws need it, their output fell as the filter state grew clean (docs/RESULTS.md, sixteenth session)
+residual_cap_mean ?= True
 # what the camera alignment matches each frame against, set on them (no training): the filter state, not the
 # previous frame (held-out camera motions +0.1 to +0.8 dB, still scenes identical; docs/RESULTS.md, eleventh session)
 align_to      ?= filter
@@ -222,7 +225,7 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	$(BATMAN) release $(pretrain_dir)/clstm_s20 --out $(pretrain_dir)/stage20.safetensors \
 	    --blend $(pretrain_dir)/stage16.safetensors --blend-weight $(blend_weight) --set model.residual_rule=$(residual_rule) model.residual_cap=$(residual_cap) \
 	    model.residual_cap_block=$(residual_cap_block) model.align_to=$(align_to) model.align_rating=$(align_rating) \
-	    model.output_smoothing=$(output_smoothing) data.exposure_level=$(exposure_level)
+	    model.output_smoothing=$(output_smoothing) data.exposure_level=$(exposure_level) model.residual_cap_mean=$(residual_cap_mean)
 	@echo "stage 21: the loss is the figure evaluate averages (train.loss=psnr), from stage 20's release"
 	$(BATMAN) train --root $(pretrain_dir)/train24 --preset pretrain --out $(pretrain_dir)/clstm_s21 --resume auto \
 	    --init $(pretrain_dir)/stage20.safetensors --set train.epochs=14 train.schedule=cosine train.warmup_steps=20 \
@@ -235,7 +238,7 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	$(BATMAN) release $(pretrain_dir)/clstm_s21 --out trained_model/batman_default.safetensors \
 	    --blend $(pretrain_dir)/stage20.safetensors --blend-weight $(blend_weight) --set model.residual_rule=$(residual_rule) model.residual_cap=$(residual_cap) \
 	    model.residual_cap_block=$(residual_cap_block) model.align_to=$(align_to) model.align_rating=$(align_rating) \
-	    model.output_smoothing=$(output_smoothing) data.exposure_level=$(exposure_level)
+	    model.output_smoothing=$(output_smoothing) data.exposure_level=$(exposure_level) model.residual_cap_mean=$(residual_cap_mean)
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=$(unet_epochs) train.schedule=cosine \
