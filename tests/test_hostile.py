@@ -297,14 +297,15 @@ def export_data(tmp_path_factory):
     return root, base / "m.pt"
 
 
-def export_one(root, out, frames: int = 0, cache=None):
+def export_one(root, out, frames: int = 0, cache=None, two_pass: bool = False):
     """export_video of video 0001 with TinyNet (no ResNet: these tests are about files, not pixels)."""
     from batman.config import make_config
     from batman.data.drv import load_split
     from batman.export import export_video
     cfg = make_config("demo")
     video = load_split(root, "test", cache=cache)[0]
-    return export_video(TinyNet(), cfg, video, Path(out), frames=frames, side_by_side=True, cache=cache)
+    return export_video(TinyNet(), cfg, video, Path(out), frames=frames, side_by_side=True, cache=cache,
+                        two_pass=two_pass)
 
 
 @pytest.mark.parametrize("bad_id", ["/abs/victim", "../victim", "..", ".", "a/../../victim", "a\\b", "C:victim"])
@@ -353,7 +354,8 @@ def test_input_folder_without_a_plain_name_is_refused(capsys, export_data, tmp_p
     assert_one_line_error(rc, err, "--input", "not a plain name")
 
 
-def test_failed_export_keeps_the_earlier_one_and_leaves_no_temp(export_data, tmp_path):
+@pytest.mark.parametrize("two_pass", [False, True])  # two passes: it fails in the backward one
+def test_failed_export_keeps_the_earlier_one_and_leaves_no_temp(export_data, tmp_path, two_pass):
     """Defect 2: a frame failing mid-video left a shorter playable mp4 over a complete earlier export."""
     import shutil
 
@@ -368,7 +370,7 @@ def test_failed_export_keeps_the_earlier_one_and_leaves_no_temp(export_data, tmp
     broken = next(cache.rglob("00002.ARW.npy"))
     broken.write_bytes(broken.read_bytes()[:100])  # frame 2 of 3 no longer decodes
     with pytest.raises(BatmanError, match="00002"):
-        export_one(root, out, cache=FrameCache.open(cache))
+        export_one(root, out, cache=FrameCache.open(cache), two_pass=two_pass)
     assert tree_hashes(out) == before  # the earlier export untouched, no temp file or folder left
     shutil.rmtree(cache)
     export_one(root, out, frames=2)

@@ -358,12 +358,12 @@ def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Pat
     targets = load_targets(video, n) if side and video.targets else iter(())
     pngs = PngWriter(separate=workers > 0)  # its process forks here, before the writer thread exists
     writer = BackgroundWriter()
-    if two_pass:  # the backward pass: the forward one starts from its state (infer's docstring)
-        backward = decoded_frames(video, cfg.data, cache, range(n - 1, -1, -1), workers)
-        for frame in tqdm(backward, total=n, desc=f"backward {video.id}", unit="frame", leave=False):
-            enhancer(frame)
     inputs = decoded_frames(video, cfg.data, cache, range(n), workers)
     try:
+        if two_pass:  # the backward pass: the forward one starts from its state (infer's docstring)
+            backward = decoded_frames(video, cfg.data, cache, range(n - 1, -1, -1), workers)
+            for frame in tqdm(backward, total=n, desc=f"backward {video.id}", unit="frame", leave=False):
+                enhancer(frame)
         for i, frame in tqdm(enumerate(inputs), total=n, desc=f"export {video.id}", unit="frame", leave=False):
             y = to_uint8(enhancer(frame))
             writer.submit(lambda y=y, i=i: (pngs.write(frame_dir / f"{i + 1:04d}.png", y), main.write(y)))
