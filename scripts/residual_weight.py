@@ -39,6 +39,7 @@ def recorded_run(model, clip: dict) -> tuple[torch.Tensor, list]:
     (residual, x, held, sigma, valid). A cap too large to act makes the head compute what the weights read."""
     head, calls = model.head, []
     head.residual_rule, head.residual_cap, head.residual_cap_block = 0.0, math.inf, 0
+    head.residual_cap_mean = False  # the whole residual is recorded (it splits per block, and no block is set here)
 
     def record(*args):
         calls.append(args)
