@@ -323,9 +323,14 @@ class RecursiveHead(nn.Module):
             return residual * self.residual_scale(residual, x, held, sigma, valid).to(residual.dtype)
         mean = block_mean(residual, self.residual_cap_block * self.scale)
         detail = residual - mean
-        rule = residual_weight(x if valid is None else x[..., :valid[0], :valid[1]], self.residual_rule, sigma) \
-            if self.residual_rule else 1.0
+        rule = self.rule_weight(x, sigma, valid).to(residual.dtype)
         return mean * rule + detail * self.residual_scale(detail, x, held, sigma, valid).to(residual.dtype)
+
+    def rule_weight(self, x, sigma, valid=None) -> torch.Tensor:
+        """(B, 1, 1, 1): `residual_weight` of the frame's `valid` (H, W) before padding; ones without a rule."""
+        if not self.residual_rule:
+            return torch.ones_like(sigma).view(-1, 1, 1, 1)
+        return residual_weight(x if valid is None else x[..., :valid[0], :valid[1]], self.residual_rule, sigma)
 
     def residual_scale(self, residual, x, held, sigma, valid=None) -> torch.Tensor:
         """(B, 1, 1, 1), or (B, 1, sH, sW) with a residual_cap_block: the noise rule's weight times the cap's
@@ -335,11 +340,9 @@ class RecursiveHead(nn.Module):
         full_residual, full_held = residual, held
         if valid is not None:
             h, w = valid
-            x, held = x[..., :h, :w], None if held is None else held[..., :h, :w]
+            held = None if held is None else held[..., :h, :w]
             residual = residual[..., :h * self.scale, :w * self.scale]
-        scale = torch.ones_like(sigma).view(-1, 1, 1, 1)
-        if self.residual_rule:
-            scale = residual_weight(x, self.residual_rule, sigma)
+        scale = self.rule_weight(x, sigma, valid)
         if self.residual_cap and self.residual_cap_block:
             scale = scale * residual_block_cap_weight(full_residual * scale, full_held, self.residual_cap,
                                                       self.residual_cap_block)
