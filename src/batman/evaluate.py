@@ -87,9 +87,10 @@ def evaluate_video(video, cfg: Config, enhancers: dict, frames: int = 0, with_ss
     truth_mabd = MABD()
     for e in enhancers.values():
         e.reset()
-    for frame in iter_frames(video, cfg.data, cache, range(n - 1, -1, -1) if two_pass else ()):
-        for name, enhancer in enhancers.items():  # the backward pass (infer's docstring); its time counts
-            scores[name].spent(lambda: enhancer(frame))
+    if two_pass:  # the backward pass (infer's docstring); its time counts
+        for frame in iter_frames(video, cfg.data, cache, range(n - 1, -1, -1)):
+            for name, enhancer in enhancers.items():
+                scores[name].spent(lambda: enhancer(frame))
     recent, regions, target = RecentUnion(), None, None
     triples = zip(iter_frames(video, cfg.data, cache), load_targets(video, n), iter_masks(video, n))
     for i, (frame, target, mask) in enumerate(tqdm(triples, total=n, desc=f"evaluate {video.id}", leave=False,

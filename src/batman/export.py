@@ -298,7 +298,8 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
            ensemble: int = 1, two_pass: bool = False) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths.
     `workers`: decoding processes (and one PNG encoding process; None: EXPORT_WORKERS); 0 decodes and encodes
-    in threads here; `ensemble`: views averaged, `two_pass`: each video run backward first (infer.Enhancer)."""
+    in threads here; `ensemble`: views averaged (infer.Enhancer), `two_pass`: each video run backward first
+    (infer's docstring)."""
     from batman.ckpt import load_model, resolve_device
     from batman.data.cache import open_cache
 
