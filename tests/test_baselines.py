@@ -98,6 +98,9 @@ def test_unknown_or_missing_baseline_is_a_one_line_error(monkeypatch):
         check_baselines(["mean", "bm4d"])
     assert "\n" not in str(e.value)
     assert check_baselines(["mean", "traditional", "mean"]) == ("mean", "traditional")
+    assert check_baselines(["none"]) == ()
+    with pytest.raises(BatmanError, match="baseline 'none' means no baselines: it cannot be given with 'mean'"):
+        check_baselines(["none", "mean"])
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,7 @@ def small_set(tmp_path_factory):
     ([], {"traditional", "temporal mean"}),
     (["--baselines", "bm3d", "traditional"], {"BM3D", "traditional"}),
     (["--baselines"], set()),
+    (["--baselines", "none"], set()),
 ])
 def test_baselines_flag_selects_the_table_rows(small_set, tmp_path, flag, methods):
     if "bm3d" in flag:

@@ -224,8 +224,13 @@ NEEDS = {"bm3d": "bm3d", "mean-bm3d": "bm3d", "bm4d": "bm4d"}
 
 
 def check_baselines(names) -> tuple[str, ...]:
-    """Known names, each once, with their packages importable; else a one-line error."""
+    """Known names, each once, with their packages importable; else a one-line error. `none` alone: no baselines."""
     names = tuple(dict.fromkeys(names))
+    if "none" in names:
+        others = [n for n in names if n != "none"]
+        if others:
+            raise BatmanError(f"baseline 'none' means no baselines: it cannot be given with {others[0]!r}")
+        return ()
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise BatmanError(f"unknown baseline {unknown[0]!r}: choose from {', '.join(BASELINES)}")
