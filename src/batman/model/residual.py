@@ -2,7 +2,7 @@
 channel it can read instead (model.noise_input).
 
 The recursive head outputs its filter state through the camera pipeline plus a learned residual. Trained on dark
-photo-made videos, that residual fails in two ways the network cannot see itself (docs/MODEL_CARD.md, "The
+photo-made videos, that residual fails in two ways the network cannot see itself (docs/MODEL_HISTORY.md, "The
 residual's weight"): on bright, barely noisy frames it "denoises" detail the filter already has clean, and on
 scenes unlike the training photos it invents detail at 1.5-3x the noise it could remove. Both weights here are
 measured from the frame itself, need no training, and are exported to ONNX (TopK stands in for the median).
