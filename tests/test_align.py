@@ -135,6 +135,17 @@ def test_camera_align_fits_a_pan_a_rotation_and_a_zoom():
         assert (flow[0] - expected)[:, 4:-4, 4:-4].abs().mean() < 0.1 < expected.abs().max()
 
 
+def test_camera_align_fits_in_float32_under_bf16_autocast():
+    """train.amp=bf16 (CPU or CUDA) must not move the camera map: matching runs in float32 whatever the autocast."""
+    image = texture(128, 128)[..., :128, :128]
+    moved = affine_view(image, math.radians(3), 1.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = camera_flow(image.bfloat16(), moved.bfloat16())
+        z = descriptor(image.bfloat16())
+    assert under.dtype == torch.float32 and z.dtype == torch.float32
+    assert torch.allclose(under, camera_flow(image.bfloat16().float(), moved.bfloat16().float()), atol=1e-5)
+
+
 @pytest.mark.parametrize("rating", RATINGS)
 def test_camera_align_keeps_still_scenes_and_moving_objects_exactly_still(rating):
     """Noise on a still texture, or one small object crossing it: no camera motion, a flow of exactly zero. (On
