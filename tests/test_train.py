@@ -14,7 +14,7 @@ import torch
 
 from batman import ckpt
 from batman.config import BatmanError, make_config
-from batman.train import lr_factor, train
+from batman.train import amp_settings, lr_factor, train
 
 TINY = {  # a ResNet-18 on 32x32 crops of 4 frames: seconds per epoch on two cores
     "data.crop": (32, 32), "data.frames": 4, "data.clips_per_video": 2, "model.hidden": 16, "model.fusion": 16,
@@ -51,6 +51,24 @@ def test_loss_falls_and_run_folder_is_complete(syn, tmp_path, head, fall):
     assert {"config.json", "log.csv", "loss.png", "last.pt"} <= names
     assert any(n.startswith("epoch_") for n in names)
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
+
+
+def test_amp_on_the_cpu_is_bf16_when_asked_and_float32_otherwise():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_settings("bf16", cpu) == (torch.bfloat16, False)
+    assert amp_settings("auto", cpu) == (None, False) and amp_settings("off", cpu) == (None, False)
+    with pytest.raises(BatmanError, match="train.amp=fp16 needs a CUDA device: on the CPU use train.amp=bf16"):
+        amp_settings("fp16", cpu)
+    assert amp_settings("fp16", cuda) == (torch.float16, True) and amp_settings("off", cuda) == (None, False)
+
+
+def test_bf16_training_on_the_cpu_learns_and_keeps_float32_weights(syn, tmp_path):
+    """Autocast computes in bf16; the weights, the optimiser and the checkpoint stay float32."""
+    result = train(tiny_cfg(syn, **{"train.epochs": 3, "train.steps_per_epoch": 10, "train.amp": "bf16"}),
+                   out=tmp_path)
+    losses = [h["train_loss"] for h in result["history"]]
+    assert all(np.isfinite(losses)) and np.mean(losses[-2:]) <= 0.95 * losses[0], losses
+    assert all(t.dtype == torch.float32 for t in final_weights(tmp_path).values() if t.is_floating_point())
 
 
 def test_lr_zero_stops_after_exactly_patience_epochs(syn, tmp_path):

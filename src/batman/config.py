@@ -144,7 +144,7 @@ class TrainCfg:
                                   # the filter must average where the scene is still (its gate closed)
     bptt: int = 0             # truncate back-propagation every N frames (0: whole clip)
     patience: int = 3         # early stop after N epochs without validation improvement
-    amp: str = "auto"         # auto (bf16 on CUDA when supported, else fp16) | bf16 | fp16 | off
+    amp: str = "auto"         # auto (CUDA: bf16 when supported, else fp16; CPU: off) | bf16 (also CPU) | fp16 | off
     grad_clip: float = 0.0    # max gradient norm (0: off)
     save_every: int = 0       # also write last.pt every N steps (0: once per epoch)
     keep: int = 3             # best epoch checkpoints kept
