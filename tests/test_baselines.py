@@ -140,7 +140,8 @@ def test_unknown_baseline_on_the_cli_exits_2_with_one_line(small_set, tmp_path, 
     assert code == 2 and err.startswith("error: unknown baseline 'vbm4d'") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("flag,key,value", [(["--ensemble", "2"], "ensemble", 2), (["--two-pass"], "two_pass", True)])
+@pytest.mark.parametrize("flag,key,value", [(["--ensemble", "2"], "ensemble", 2), (["--two-pass"], "two_pass", True),
+                                            (["--bf16"], "bf16", True)])
 def test_quality_flags_reach_the_model_and_the_report(small_set, tmp_path, flag, key, value):
     """An untrained model starts out per pixel (flip invariant): its weights are perturbed so that views differ."""
     saved = ckpt.load_checkpoint(small_set / "m.pt")

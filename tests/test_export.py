@@ -223,6 +223,14 @@ def test_ensemble_averages_views_that_differ():
         Enhancer(LocalNet(), 1, ensemble=3)
 
 
+def test_bf16_runs_the_model_under_autocast_close_to_float32():
+    """The convolution computes in bf16 (the output moves, by bf16's rounding only) and comes back float32."""
+    frame = np.random.default_rng(6).random((4, 32, 48), dtype=np.float32)
+    model = LocalNet()
+    full, half = Enhancer(model, 1)(frame), Enhancer(model, 1, bf16=True)(frame)
+    assert half.dtype == np.float32 and 0 < np.abs(half - full).max() < 0.02
+
+
 class RecordNet(torch.nn.Module):
     """Records, per step, the frame's mean and whether the state was fresh; outputs black."""
 

@@ -126,10 +126,10 @@ def method_name(path: Path, taken: set) -> str:
 
 def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result", baselines=(), videos=None,
              device: str | None = None, with_ssim: bool = True, classical=DEFAULT_BASELINES,
-             ensemble: int = 1, two_pass: bool = False) -> dict:
+             ensemble: int = 1, two_pass: bool = False, bf16: bool = False) -> dict:
     """Evaluate checkpoint `model` (default: ckpt.find_default_model), the checkpoints `baselines` and the
     `classical` baselines (names in BASELINES) on a split; `ensemble`: views each model averages, `two_pass`:
-    the models run each video backward first (infer's docstring)."""
+    the models run each video backward first, `bf16`: under bf16 autocast (infer's docstring)."""
     from batman.ckpt import load_model, resolve_device, resolve_model
     from batman.data.cache import open_cache
     from batman.data.drv import check_video_id, load_split
@@ -149,7 +149,7 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
                               f"model uses {cfg.data.mode} at scale {cfg.model.scale}: compare like with like")
         cfg = cfg or net_cfg
         enhancers[method_name(path, set(enhancers))] = Enhancer(net, net_cfg.model.scale, device, ensemble=ensemble,
-                                                                packed=net_cfg.data.mode == "raw")
+                                                                packed=net_cfg.data.mode == "raw", bf16=bf16)
     cache = open_cache(root, cfg.data.cache or None)
     all_videos = load_split(root, split, cfg.data.mode, cache=cache)
     chosen = [v for v in all_videos if not videos or v.id in videos]
@@ -165,7 +165,7 @@ def evaluate(root, model=None, split: str = "test", frames: int = 0, out="result
     if not results:
         raise BatmanError(f"no video with ground truth in the {split} split of {root}")
     report = {"split": split, "root": str(root), "models": [str(p) for p in paths], "frames": frames,
-              "baselines": list(classical), "ensemble": ensemble, "two_pass": two_pass,
+              "baselines": list(classical), "ensemble": ensemble, "two_pass": two_pass, "bf16": bf16,
               "bm4d_window": BM4D_WINDOW if "bm4d" in classical else None,
               "videos": results, "mean": split_means(results), "skipped": skipped,
               "static": [v.id for v in chosen if v.id in results and v.static]}

@@ -295,11 +295,11 @@ def resolve_videos(cfg: Config, root, input_folder, split: str, videos, cache=No
 def export(root=None, input_folder=None, model=None, out="result", split: str = "test", videos=None,
            tile: int = 0, overlap: int = 32, side_by_side: bool = False, fps: float = 20.0, frames: int = 0,
            device: str | None = None, gain: float | None = None, workers: int | None = None,
-           ensemble: int = 1, two_pass: bool = False) -> list[Path]:
+           ensemble: int = 1, two_pass: bool = False, bf16: bool = False) -> list[Path]:
     """Enhance videos into OUT/video/<id>.mp4 and OUT/frames/<id>/NNNN.png; returns the mp4 paths.
     `workers`: decoding processes (and one PNG encoding process; None: EXPORT_WORKERS); 0 decodes and encodes
     in threads here; `ensemble`: views averaged (infer.Enhancer), `two_pass`: each video run backward first
-    (infer's docstring)."""
+    (infer's docstring), `bf16`: the network under bf16 autocast (infer.Enhancer)."""
     from batman.ckpt import load_model, resolve_device
     from batman.data.cache import open_cache
 
@@ -311,13 +311,15 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
         tqdm.write(f"self-ensemble: {ensemble} flipped/transposed views averaged (about {ensemble}x the time)")
     if two_pass:
         tqdm.write("two passes: each video runs backward first, then forward from that state (2x the time)")
+    if bf16:
+        tqdm.write("bf16: the network runs under bf16 autocast (the filter and the camera fit in float32)")
     out = Path(out)
     written = []
     cache = open_cache(root, cfg.data.cache or None) if root else None
     for video in resolve_videos(cfg, root, input_folder, split, videos, cache, gain):
         written += export_video(net, cfg, video, out, tile=tile, overlap=overlap, side_by_side=side_by_side,
                                 fps=fps, frames=frames, device=device, cache=cache, workers=workers,
-                                ensemble=ensemble, two_pass=two_pass)
+                                ensemble=ensemble, two_pass=two_pass, bf16=bf16)
     tqdm.write(f"wrote {len(written)} videos into {out / 'video'} and PNG frames into {out / 'frames'}")
     return written
 
@@ -325,7 +327,7 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
 def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int = 32,
                  side_by_side: bool = False, fps: float = 20.0, frames: int = 0, device="cpu",
                  cache=None, workers: int = EXPORT_WORKERS, ensemble: int = 1,
-                 two_pass: bool = False) -> list[Path]:
+                 two_pass: bool = False, bf16: bool = False) -> list[Path]:
     """One video, streamed: decode -> enhance -> PNG + mp4 (+ side by side), constant memory; `workers`
     decoding processes and one PNG encoding process (0: threads of this process, the same output).
 
@@ -338,7 +340,8 @@ def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int
 
     check_video_id(video.id, f"video {video.id!r}")
     n = min(len(video.frames), frames) if frames else len(video.frames)
-    enhancer = Enhancer(net, cfg.model.scale, device, tile, overlap, ensemble, packed=cfg.data.mode == "raw")
+    enhancer = Enhancer(net, cfg.model.scale, device, tile, overlap, ensemble, packed=cfg.data.mode == "raw",
+                        bf16=bf16)
     finals = [out / "video" / f"{video.id}.mp4"] + \
         ([out / "video" / f"{video.id}_side_by_side.mp4"] if side_by_side else [])
     with ExitStack() as outputs:  # left in reverse: frames, side by side, main mp4

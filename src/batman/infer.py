@@ -80,10 +80,11 @@ class Enhancer:
     The model and its input run channels_last (the model is converted in place): the convolutions' fastest
     layout, measured faster than the contiguous one for every model on the CPU (`bench infer`), and the
     same output up to float rounding (tests/test_model.py). `ensemble`: views averaged (module docstring);
-    `packed`: the input is a packed raw (a transpose swaps G1 and G2)."""
+    `packed`: the input is a packed raw (a transpose swaps G1 and G2); `bf16`: the network under bf16 autocast
+    (the recursive filter and the camera fit stay float32; faster on CPUs with native bf16 and on GPUs)."""
 
     def __init__(self, model: torch.nn.Module, scale: int, device: torch.device | str = "cpu",
-                 tile: int = 0, overlap: int = 32, ensemble: int = 1, packed: bool = True):
+                 tile: int = 0, overlap: int = 32, ensemble: int = 1, packed: bool = True, bf16: bool = False):
         if tile and tile <= 2 * overlap:
             raise BatmanError(f"--tile {tile} must be larger than twice --overlap {overlap}")
         if ensemble not in ENSEMBLES:
@@ -92,7 +93,7 @@ class Enhancer:
         self.model, self.scale, self.device = model.eval(), scale, torch.device(device)
         if isinstance(model, torch.nn.Module):
             self.model.to(memory_format=torch.channels_last)
-        self.tile, self.overlap = tile, overlap
+        self.tile, self.overlap, self.bf16 = tile, overlap, bf16
         self.states: dict = {}
 
     def reset(self) -> None:
@@ -103,7 +104,8 @@ class Enhancer:
     def _step(self, key, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).to(self.device)
         t = t.contiguous(memory_format=torch.channels_last)
-        y, self.states[key] = self.model.step(t, self.states.get(key))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            y, self.states[key] = self.model.step(t, self.states.get(key))
         return y[0].float().cpu().numpy()  # (3, sh, sw)
 
     def _run(self, key, x: np.ndarray) -> np.ndarray:
