@@ -4,12 +4,12 @@ Usage: .venv/bin/python scripts/bench_cpu_amp.py [--models shipped clstm unet] [
        [--size 384] [--repeats 3] [--threads N]
 
 For each model (the `pretrain` preset's; `shipped`: the shipped weights with their release settings, as
-`train --init` fine-tunes them), one AdamW step on a random clip of
-(batch, frames, 4, crop, crop) is timed in float32 and in bf16, the two alternated `--repeats` times after a
-warm-up, and so is inference: `frames` streamed steps of one (4, size/2, size/2) frame (a size x size mosaic,
-packed), as export runs them; it prints the medians and their ratios. The ratio is what the machine gives: CPUs with native bf16
-(AVX512-BF16, AMX) run it faster, others emulate it and run slower. It also prints the largest difference of
-the two outputs on the same weights. The clip is random noise: there the camera map's keep-or-drop decision
+`train --init` fine-tunes them), one AdamW step on a random clip of (batch, frames, 4, crop, crop) is timed in
+float32 and in bf16, the two alternated `--repeats` times after a warm-up, and so is inference: `frames`
+streamed steps of one (4, size/2, size/2) frame (a size x size mosaic, packed), as export runs them; it prints
+the medians and their ratios. The ratio is what the machine gives: CPUs with native bf16 (AVX512-BF16, AMX)
+run it faster, others emulate it and run slower. It also prints the mean and largest difference of the two
+outputs on the same weights. The clip is random noise: there the camera map's keep-or-drop decision
 (a threshold on noise) can flip between the two, so the largest difference is that of a flipped decision; what
 bf16 costs on real video is measured by `evaluate --bf16` (docs/RESULTS.md, seventeenth session).
 """

@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compare", type=Path, nargs="*", default=[], help="other checkpoints in the table")
     sp.add_argument("--baselines", nargs="*", default=["traditional", "mean"], metavar="NAME",
                     help="classical baselines in the table: traditional, mean, bm3d, mean-bm3d, bm4d "
-                         "(default: traditional mean; none, or the flag alone: no baselines; BM3D/BM4D take seconds per frame)")
+                         "(default: traditional mean; none, or the flag alone: no baselines; BM3D/BM4D take "
+                         "seconds per frame)")
     sp.add_argument("--split", default="test", help="train | val | test | dynamic")
     sp.add_argument("--videos", nargs="*", default=None, help="only these video ids (default: all)")
     sp.add_argument("--frames", type=int, default=0, help="frames per video (0: all)")
