@@ -20,6 +20,10 @@ minutes       ?= 95
 # docs/RESULTS.md, fifteenth session), so that the schedule ends with the budget (480 epochs ended at 60% of it)
 unet_minutes  ?= 601
 unet_epochs   ?= 800
+# its train.amp: off (float32) is how that time was measured; bf16 trains the same epochs 2.1x faster on a CPU with
+# native bf16 (scripts/bench_cpu_amp.py). The comparison's own run switched to bf16 at epoch 143 (docs/RESULTS.md,
+# seventeenth session)
+unet_amp      ?= off
 # C of model.residual_rule set on the released weights: the largest that costs the dark training-side videos
 # nothing (make residual_sweep: train_data val/dynamic and bright_train; docs/RESULTS.md, eighth session)
 residual_rule ?= 0.05
@@ -242,7 +246,8 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=$(unet_epochs) train.schedule=cosine \
-	    train.warmup_steps=50 train.lr=5e-4 train.grad_clip=1.0 data.train_dynamic=True data.val_dynamic=7 $(SET)
+	    train.warmup_steps=50 train.lr=5e-4 train.grad_clip=1.0 data.train_dynamic=True data.val_dynamic=7 \
+	    train.amp=$(unet_amp) $(SET)
 	$(BATMAN) release $(pretrain_dir)/unet_budget --out $(pretrain_dir)/unet.safetensors
 	for split in test dynamic; do \
 	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/eval_$$split \
