@@ -658,6 +658,31 @@ def test_output_smoothing_follows_the_gate_and_keeps_the_weights():
     assert torch.allclose(ys["smooth"], streamed, atol=1e-5)
 
 
+def test_smoothing_ramp_smooths_the_first_frames_by_the_gate():
+    """model.smoothing_ramp: S grows with the frames smoothed, min(S, age); the second output is y'_1 moved by k_2
+    (about half on a still scene) towards y_2, where without the ramp it was y_2 itself; a clip equals its frames
+    streamed; the ramp needs output_smoothing."""
+    torch.manual_seed(0)
+    plain = build_model(tiny(head="recursive"), 4).eval()
+    with torch.no_grad():
+        plain.head.residual[-2].weight.normal_(0, 0.05)
+    ramp = build_model(tiny(head="recursive", output_smoothing=3.0, smoothing_ramp=True), 4).eval()
+    ramp.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = (0.3 * torch.rand(1, 1, 4, 48, 48, generator=g) + 0.05 * torch.randn(1, 6, 4, 48, 48, generator=g)).clamp(0, 1)
+    with torch.no_grad():
+        y, smoothed = plain(x)[0], ramp(x)[0]
+        k2 = 0.5 + 0.5 * torch.sigmoid(plain.head.gate.bias)  # the untrained gate: its bias alone
+        streamed, _ = run_steps(ramp, x)
+    assert torch.equal(smoothed[:, 0], y[:, 0])
+    assert torch.allclose(smoothed[:, 1], torch.lerp(y[:, 0], y[:, 1], k2), atol=1e-3)
+    first_step = {name: (out[:, 1] - out[:, 0]).abs().mean() for name, out in (("plain", y), ("ramp", smoothed))}
+    assert first_step["ramp"] < 0.6 * first_step["plain"]
+    assert torch.allclose(smoothed, streamed, atol=1e-5)
+    with pytest.raises(BatmanError, match="model.smoothing_ramp ramps model.output_smoothing up"):
+        build_model(tiny(head="recursive", smoothing_ramp=True), 4)
+
+
 def test_output_smoothing_needs_the_recursive_head_at_scale_1():
     with pytest.raises(BatmanError, match="model.head=recursive"):
         build_model(tiny(head="skip", output_smoothing=3.0), 4)

@@ -123,6 +123,9 @@ class ModelCfg:
     output_smoothing: float = 0.0  # recursive head: the output follows its gate, y'_t = y'_{t-1} + min(1, S k_t)
                               # (y_t - y'_{t-1}) (0: off; RecursiveHead.smooth): on still scenes the correction of
                               # each frame jitters more than the filter moves (a release setting, no training)
+    smoothing_ramp: bool = False  # with output_smoothing: S grows as min(S, frames smoothed so far), so the
+                              # second to S-th outputs are smoothed too (at S k >= 1 they were not: the largest
+                              # frame-to-frame change of a still video is its first; RecursiveHead.smooth)
     noise_input: bool = False # recursive head: its residual and denoiser also read the noise the filter state
                               # still holds, per pixel (log, one channel; model/residual.py): told how much noise
                               # is left, a trained residual need not guess it from content it has seen
@@ -381,6 +384,7 @@ CHECKS: dict[str, Check] = {
     "model.denoiser": _int(0, 256), "model.state_reset": _flag, "model.residual_rule": _real(0, 1e3),
     "model.residual_cap": _real(0, 1e3),
     "model.residual_cap_block": _block(32), "model.residual_cap_mean": _flag, "model.output_smoothing": _real(0, 1e3),
+    "model.smoothing_ramp": _flag,
     "model.noise_input": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
@@ -415,7 +419,7 @@ def validate(cfg: Config) -> Config:
 # Settings that change no weight: `release --set` may change them, and `train --init` may switch them.
 RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block", "model.residual_cap_mean",
                 "model.align_to", "model.align_rating", "model.align_margin", "model.output_smoothing",
-                "data.exposure_level")
+                "model.smoothing_ramp", "data.exposure_level")
 
 # Command-line options outside Config, checked the same way: (command, option) -> check.
 OPTION_CHECKS: dict[tuple[str, str], Check] = {
