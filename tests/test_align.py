@@ -216,6 +216,24 @@ def test_smoothed_output_restarts_where_the_camera_moves():
         assert not torch.equal(plain(still)[0][:, 1:], smooth(still)[0][:, 1:])
 
 
+def test_smoothing_ramp_acts_at_the_start_of_a_video_not_after_a_camera_motion():
+    """model.smoothing_ramp ramps S up over the video's first frames only: a pan, then the last frame held still,
+    gives the smoothed model's output without the ramp bit for bit (after the pan's restarts the gate is open
+    wider than 1/t, and a ramp counted from the restart would lag there)."""
+    torch.manual_seed(0)
+    plain = build_model(replace(TINY, align="camera", output_smoothing=4.0), 4).eval()
+    with torch.no_grad():
+        plain.head.residual[-2].weight.normal_(0, 0.05)
+    ramp = build_model(replace(TINY, align="camera", output_smoothing=4.0, smoothing_ramp=True), 4).eval()
+    ramp.load_state_dict(plain.state_dict())
+    panned = scene(6)
+    x = torch.cat([panned, panned[:, -1:].repeat(1, 4, 1, 1, 1)], 1)
+    with torch.no_grad():
+        assert torch.equal(plain(x)[0], ramp(x)[0])
+        still = scene(1).repeat(1, 3, 1, 1, 1)
+        assert not torch.equal(plain(still)[0][:, 1:], ramp(still)[0][:, 1:])
+
+
 def test_matching_against_the_filter_state_keeps_a_noisy_pan_in_register():
     """align_to=filter: each frame is matched against the filter state (the denoised past, and where the state
     really sits) rather than the previous noisy frame, so the fit's errors do not add up: after 10 noisy frames

@@ -123,7 +123,7 @@ class ModelCfg:
     output_smoothing: float = 0.0  # recursive head: the output follows its gate, y'_t = y'_{t-1} + min(1, S k_t)
                               # (y_t - y'_{t-1}) (0: off; RecursiveHead.smooth): on still scenes the correction of
                               # each frame jitters more than the filter moves (a release setting, no training)
-    smoothing_ramp: bool = False  # with output_smoothing: S grows as min(S, frames smoothed so far), so the
+    smoothing_ramp: bool = False  # with output_smoothing: S grows as min(S, frames seen before), so the
                               # second to S-th outputs are smoothed too (at S k >= 1 they were not: the largest
                               # frame-to-frame change of a still video is its first; RecursiveHead.smooth)
     noise_input: bool = False # recursive head: its residual and denoiser also read the noise the filter state

@@ -265,7 +265,7 @@ class RecursiveHead(nn.Module):
             else:
                 y, m, base, k = self.frame(*args)
             if self.output_smoothing:
-                y = previous = self.smooth(y, previous, k, age)
+                y = previous = self.smooth(y, previous, k, age, count)
                 age = age + 1
             outs.append(y)
             if with_base:  # kept only when asked: each is an output-sized tensor held for the whole clip
@@ -297,22 +297,24 @@ class RecursiveHead(nn.Module):
             residual = self.weighed_residual(residual, x, held, sigma, valid)
         return base_out + residual, m, base_out, k
 
-    def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age) -> torch.Tensor:
+    def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age, count=0) -> torch.Tensor:
         """cfg.output_smoothing S: y' = previous + min(1, S k) (y - previous). Why: on a still scene the gate keeps
         about 1/t of each frame, but the residual and denoiser read the new frame's features, so the output
         jitters from frame to frame by more than the filter state moves (flicker, and noise the average of
         several frames' corrections would not have); where the gate opens (motion) S k reaches 1 and the output
         is the frame's. With no previous output, or an `age` of 0 (deploy.py's zero state, a camera motion), y.
-        cfg.smoothing_ramp: S' = min(S, age), so y'_2 = lerp(y'_1, y_2, k_2) (about half each on a still scene),
-        then 2 k_3 and so on up to S k: without it the first S outputs are unsmoothed (S k >= 1), and the first,
-        from a single frame, differs most from the second (half the MABD error of still videos, -0.03 dB;
-        docs/RESULTS.md, seventeenth session)."""
+        cfg.smoothing_ramp: S' = min(S, count), `count` the frames the filter saw before this one, so y'_2 =
+        lerp(y'_1, y_2, k_2) (about half each on a still scene), then 2 k_3 and so on up to S k: without it the
+        first S outputs are unsmoothed (S k >= 1), and the first, from a single frame, differs most from the second
+        (half the MABD error of still videos, -0.03 dB; docs/RESULTS.md, seventeenth session). The video's frame
+        count, not the smoothing's age: after a camera motion restarts it the gate is open wider than 1/t, and a
+        ramp there lagged the output behind the scene (-0.21 dB on held-out camera motions)."""
         if previous is None:
             return y
         strength = self.output_smoothing
         if self.smoothing_ramp:
-            strength = (age.clamp(max=strength).view(-1, 1, 1, 1) if isinstance(age, torch.Tensor)
-                        else min(strength, age))
+            strength = (count.clamp(max=strength).view(-1, 1, 1, 1) if isinstance(count, torch.Tensor)
+                        else min(strength, count))
         weight = (strength * k).clamp(max=1.0)
         if isinstance(age, torch.Tensor):
             weight = torch.where(age.view(-1, 1, 1, 1) > 0, weight, torch.ones_like(weight))
