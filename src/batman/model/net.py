@@ -297,7 +297,7 @@ class RecursiveHead(nn.Module):
             residual = self.weighed_residual(residual, x, held, sigma, valid)
         return base_out + residual, m, base_out, k
 
-    def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age, count=0) -> torch.Tensor:
+    def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age, count) -> torch.Tensor:
         """cfg.output_smoothing S: y' = previous + min(1, S k) (y - previous). Why: on a still scene the gate keeps
         about 1/t of each frame, but the residual and denoiser read the new frame's features, so the output
         jitters from frame to frame by more than the filter state moves (flicker, and noise the average of
