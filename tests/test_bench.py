@@ -42,6 +42,18 @@ def test_infer_quick_writes_the_models_with_flops_and_a_module_profile(tmp_path,
     assert "time / unet" in out and "per 1280x720 frame" in out and "Where the time goes" in out
 
 
+def test_infer_cpu_bf16_times_the_models_under_autocast(tmp_path):
+    """`bench --bf16`: the CPU cases run under bf16 autocast, and the report says so."""
+    from batman.bench.infer import bench_infer, infer_case
+    model, frame, _, context = infer_case("unet", "channels_last", (32, 32), torch.device("cpu"), amp=True)
+    with torch.inference_mode(), context():
+        assert model.step(frame)[0].dtype == torch.bfloat16
+    with torch.inference_mode():
+        assert model.step(frame)[0].dtype == torch.float32
+    result = bench_infer(tmp_path, quick=True, devices=("cpu",), sizes=[(64, 64)], reps=1, profile=False, cpu_bf16=True)
+    assert result["devices"]["cpu"]["amp"] == "bf16" and "(bf16 autocast)" in result["report"]
+
+
 def test_memory_quick_prints_estimate_beside_budget(tmp_path, capsys):
     assert main(["bench", "memory", "--quick", "--preset", "1080", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

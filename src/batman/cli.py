@@ -167,7 +167,8 @@ def cmd_export_model(args) -> int:
 
 def cmd_bench(args) -> int:
     from batman.bench import run_bench
-    run_bench(args.what, out=args.out, preset=args.preset or "", quick=args.quick, device=args.device)
+    run_bench(args.what, out=args.out, preset=args.preset or "", quick=args.quick, device=args.device,
+              bf16=args.bf16)
     return 0
 
 
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=Path("result/bench"), help="folder for the tables and figures")
     sp.add_argument("--quick", action="store_true", help="smaller sizes, for tests")
     sp.add_argument("--device", default="auto", help=DEVICE_HELP + "; auto benchmarks inference on both")
+    sp.add_argument("--bf16", action="store_true",
+                    help="bench infer: the CPU under bf16 autocast too, as export --bf16 runs (CUDA always is)")
     return p
 
 

@@ -37,8 +37,9 @@ PARTS = ("infer", "export", "data", "memory", "quality")
 
 
 def run_bench(what: str, out: str | Path = "result/bench", preset: str = "", quick: bool = False,
-              device: str | None = None) -> dict:
+              device: str | None = None, bf16: bool = False) -> dict:
     """`batman bench WHAT`: one part, or all of them (then OUT/bench.md holds every table).
+    `bf16`: bench infer times the CPU under bf16 autocast too, as `export --bf16` runs (CUDA always is).
 
     `device` (cpu, cuda, cuda:N; None or auto: inference on the CPU and CUDA when there is one, the rest
     on CUDA when available) is where the parts run; bench data reads on the CPU whatever it is."""
@@ -64,7 +65,7 @@ def run_bench(what: str, out: str | Path = "result/bench", preset: str = "", qui
         elif part == "quality":
             results[part] = bench_quality(out, quick=quick, device=chosen and str(chosen))
         elif part == "infer":
-            results[part] = bench_infer(out, quick=quick, devices=chosen and (str(chosen),))
+            results[part] = bench_infer(out, quick=quick, devices=chosen and (str(chosen),), cpu_bf16=bf16)
         elif part == "export":
             results[part] = bench_export(out, quick=quick, device=chosen and str(chosen))
         else:

@@ -91,7 +91,7 @@ def infer_case(label: str, fmt: str, size: tuple[int, int], device: torch.device
         return model, frame, run_onnx, nullcontext
     model = model.to(device).to(memory_format=FORMATS[fmt])
     frame = torch.rand(1, IN_CHANNELS, *size, device=device).contiguous(memory_format=FORMATS[fmt])
-    context = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    context = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
 
     def step(state):
         with context():
@@ -109,9 +109,10 @@ def infer_cases(size: tuple[int, int], quick: bool, ort: bool) -> list[tuple[str
 
 def bench_infer(out: Path | None = None, quick: bool = False, devices: tuple[str, ...] | None = None,
                 sizes: list[tuple[int, int]] | None = None, reps: int | None = None,
-                profile: bool = True) -> dict:
+                profile: bool = True, cpu_bf16: bool = False) -> dict:
     """Per-frame time of every model in INFER_MODELS on the same input, both memory formats (and the ONNX
     export through onnxruntime on the CPU), interleaved; then the per-module profile at DRV's grid.
+    CUDA runs under bf16 autocast; the CPU too with `cpu_bf16` (`export --bf16`; the onnxruntime rows stay float32).
 
     Each repetition times one matmul (the peak) and one `step` of every case in turn; medians over the
     repetitions are reported.
@@ -122,9 +123,9 @@ def bench_infer(out: Path | None = None, quick: bool = False, devices: tuple[str
     text = []
     for dev_name in devices:
         device = torch.device(dev_name)
-        amp = device.type == "cuda"
+        amp = device.type == "cuda" or cpu_bf16
         ort = device.type == "cpu" and onnxruntime_available()
-        if amp:
+        if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         matmul = MatmulPeak(device)
         dev_rows = []
