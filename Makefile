@@ -73,7 +73,7 @@ TRAIN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --rdz
 endif
 
 .PHONY: help install test test_all demo synth download_dataset prepare train_titan train_1080ti train_1080 \
-        train_cpu evaluate export_video bench clean pretrain eval_raws residual_sweep
+        train_cpu evaluate export_video bench clean pretrain unet_baseline eval_raws residual_sweep
 
 help:  ## list the targets
 	@grep -E '^[a-z_0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -249,6 +249,11 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	    model.residual_cap_block=$(residual_cap_block) model.align_to=$(align_to) model.align_rating=$(align_rating) \
 	    model.output_smoothing=$(output_smoothing) data.exposure_level=$(exposure_level) model.residual_cap_mean=$(residual_cap_mean) \
 	    model.smoothing_ramp=$(smoothing_ramp)
+	$(MAKE) --no-print-directory unet_baseline
+	@if [ -d $(fixtures) ]; then $(MAKE) --no-print-directory eval_raws; \
+	else echo "$(fixtures) not found: the held-out sets made from real raws are skipped (make eval_raws fixtures=DIR)"; fi
+
+unet_baseline: install  ## the U-Net with the default's training budget, beside it on the held-out photos (resumable; after pretrain)
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=$(unet_epochs) train.schedule=cosine \
@@ -263,8 +268,8 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	      --baselines traditional mean bm3d mean-bm3d bm4d \
 	      --videos $$( [ $$split = test ] && echo 0001 0003 || echo M0000 M0001 ) || exit 1; \
 	done
-	@if [ -d $(fixtures) ]; then $(MAKE) --no-print-directory eval_raws; \
-	else echo "$(fixtures) not found: the held-out sets made from real raws are skipped (make eval_raws fixtures=DIR)"; fi
+	pretrain_dir=$(pretrain_dir) photos=$(photos) PYTHON=$(VENV)/bin/python \
+	    scripts/compare_heldout.sh $(pretrain_dir)/unet.safetensors $(pretrain_dir)/unet_heldout
 
 residual_sweep: install  ## the tables that chose residual_rule, residual_cap and its block (training-side videos; after pretrain)
 	for set in train_data:val train_data:dynamic bright_train:train bright_train:val bright_train:test; do \
