@@ -51,7 +51,8 @@ def test_infer_cpu_bf16_times_the_models_under_autocast(tmp_path):
     with torch.inference_mode():
         assert model.step(frame)[0].dtype == torch.float32
     result = bench_infer(tmp_path, quick=True, devices=("cpu",), sizes=[(64, 64)], reps=1, profile=False, cpu_bf16=True)
-    assert result["devices"]["cpu"]["amp"] == "bf16" and "(bf16 autocast)" in result["report"]
+    cpu = result["devices"]["cpu"]
+    assert cpu["amp"] == "bf16" and cpu["matmul"]["dtype"] == "bfloat16" and "(bf16 autocast)" in result["report"]
 
 
 def test_memory_quick_prints_estimate_beside_budget(tmp_path, capsys):

@@ -70,12 +70,14 @@ class MatmulPeak:
     """The FLOP rate of one large matrix product, the peak the models are compared with; timed inside the
     models' repetition loop so that it sees the same machine load.
 
-    CPU: 2048x2048 float32 (torch's thread count); CUDA: 8192x8192 bfloat16 (what autocast runs).
+    CPU: 2048x2048 float32 (torch's thread count), bfloat16 with `bf16` (the models then run under autocast);
+    CUDA: 8192x8192 bfloat16 (what autocast runs).
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, bf16: bool = False):
         self.device = device
-        self.n, self.dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+        cpu_dtype = torch.bfloat16 if bf16 else torch.float32
+        self.n, self.dtype = (2048, cpu_dtype) if device.type == "cpu" else (8192, torch.bfloat16)
         self.a = torch.randn(self.n, self.n, device=device, dtype=self.dtype)
         self.b = torch.randn(self.n, self.n, device=device, dtype=self.dtype)
         self.times: list[float] = []

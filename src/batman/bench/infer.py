@@ -127,7 +127,7 @@ def bench_infer(out: Path | None = None, quick: bool = False, devices: tuple[str
         ort = device.type == "cpu" and onnxruntime_available()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        matmul = MatmulPeak(device)
+        matmul = MatmulPeak(device, bf16=amp)
         dev_rows = []
         dev_sizes = sizes + [FULL_HD_GRID] if device.type == "cuda" and not quick else sizes
         for size in dev_sizes:
