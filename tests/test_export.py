@@ -61,6 +61,15 @@ def test_export_writes_mp4_and_pngs_that_decode(syn, tmp_path):
     assert out / "video" / f"{test_id}.mp4" in paths
 
 
+def test_side_by_side_refuses_a_truth_of_another_size_in_one_line(syn, tmp_path):
+    """A scale-2 model on data whose truth is at the input grid: a BatmanError naming the video and both sizes."""
+    model = save_untrained(tmp_path / "s2.pt", **{"model.scale": 2})
+    test_id = (syn / "test_list.txt").read_text().split()[0]
+    with pytest.raises(BatmanError, match=f"video {test_id}'s ground truth is 32x48 but the output is 64x96"):
+        export(root=syn, model=model, out=tmp_path / "out", split="test", side_by_side=True, device="cpu")
+    assert not (tmp_path / "out" / "video" / f"{test_id}.mp4").exists()  # nothing half-written is left
+
+
 def test_worker_processes_write_what_the_serial_path_writes(syn, tmp_path):
     """Decoding in processes (raw files, then the prepared cache) and PNG encoding in another process
     change where the work runs, not a byte of the frames or a pixel of the videos."""

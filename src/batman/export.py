@@ -324,6 +324,17 @@ def export(root=None, input_folder=None, model=None, out="result", split: str = 
     return written
 
 
+def truth_panel(target, y: np.ndarray, video_id: str, scale: int) -> np.ndarray:
+    """The ground truth as the side-by-side's third panel; a truth of another size than the output (a model of
+    another model.scale than the data's) is a one-line error, not numpy's."""
+    panel = to_uint8(target)
+    if panel.shape != y.shape:
+        raise BatmanError(f"export --side-by-side: video {video_id}'s ground truth is {panel.shape[0]}x{panel.shape[1]} "
+                          f"but the output is {y.shape[0]}x{y.shape[1]} (model.scale={scale}): use a model of the "
+                          "data's scale, or leave out --side-by-side")
+    return panel
+
+
 def export_video(net, cfg: Config, video, out: Path, tile: int = 0, overlap: int = 32,
                  side_by_side: bool = False, fps: float = 20.0, frames: int = 0, device="cpu",
                  cache=None, workers: int = EXPORT_WORKERS, ensemble: int = 1,
@@ -375,7 +386,7 @@ def _stream_video(enhancer: Enhancer, cfg: Config, video, n: int, frame_dir: Pat
                 panels = [to_uint8(isp.process(frame, cfg.model.scale)), y]
                 target = next(targets, None)
                 if target is not None:
-                    panels.append(to_uint8(target))
+                    panels.append(truth_panel(target, y, video.id, cfg.model.scale))
                 writer.submit(lambda p=panels: side.write(np.concatenate(p, axis=1)))
         writer.submit(pngs.close)
         for sink in sinks:
