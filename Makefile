@@ -260,16 +260,14 @@ unet_baseline: install  ## the U-Net with the default's training budget, beside 
 	    train.warmup_steps=50 train.lr=5e-4 train.grad_clip=1.0 data.train_dynamic=True data.val_dynamic=7 \
 	    train.amp=$(unet_amp) $(SET)
 	$(BATMAN) release $(pretrain_dir)/unet_budget --out $(pretrain_dir)/unet.safetensors
+	pretrain_dir=$(pretrain_dir) photos=$(photos) PYTHON=$(VENV)/bin/python \
+	    scripts/compare_heldout.sh $(pretrain_dir)/unet.safetensors $(pretrain_dir)/unet_heldout
 	for split in test dynamic; do \
-	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/eval_$$split \
-	      --model trained_model/batman_default.safetensors --compare $(pretrain_dir)/unet.safetensors || exit 1; \
 	  $(BATMAN) evaluate --root $(pretrain_dir)/heldout --split $$split --frames 16 --out $(pretrain_dir)/classical_$$split \
 	      --model trained_model/batman_default.safetensors --compare $(pretrain_dir)/unet.safetensors \
 	      --baselines traditional mean bm3d mean-bm3d bm4d \
 	      --videos $$( [ $$split = test ] && echo 0001 0003 || echo M0000 M0001 ) || exit 1; \
 	done
-	pretrain_dir=$(pretrain_dir) photos=$(photos) PYTHON=$(VENV)/bin/python \
-	    scripts/compare_heldout.sh $(pretrain_dir)/unet.safetensors $(pretrain_dir)/unet_heldout
 
 residual_sweep: install  ## the tables that chose residual_rule, residual_cap and its block (training-side videos; after pretrain)
 	for set in train_data:val train_data:dynamic bright_train:train bright_train:val bright_train:test; do \
