@@ -20,7 +20,7 @@ minutes       ?= 95
 # docs/RESULTS.md, fifteenth session), so that the schedule ends with the budget (480 epochs ended at 60% of it)
 unet_minutes  ?= 601
 unet_epochs   ?= 800
-# its train.amp: off (float32) is how that time was measured; bf16 trains the same epochs 2.1x faster on a CPU with
+# its train.amp: off (float32) is how that time was measured; bf16 trains the same epochs 1.7x faster on a CPU with
 # native bf16 (scripts/bench_cpu_amp.py). The comparison's own run switched to bf16 at epoch 143 (docs/RESULTS.md,
 # seventeenth session)
 unet_amp      ?= off
@@ -253,7 +253,7 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	@if [ -d $(fixtures) ]; then $(MAKE) --no-print-directory eval_raws; \
 	else echo "$(fixtures) not found: the held-out sets made from real raws are skipped (make eval_raws fixtures=DIR)"; fi
 
-unet_baseline: install  ## the U-Net with the default's training budget, beside it on the held-out photos (resumable; after pretrain)
+unet_baseline: install  ## the U-Net with the default's training budget, beside it on every held-out set (resumable; after pretrain)
 	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=$(unet_epochs) train.schedule=cosine \

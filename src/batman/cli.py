@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_quality_args(sp):  # --ensemble, --two-pass: more time for quality; --bf16: less
         sp.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, metavar="K",
                         help="also run K-1 flipped/transposed views of each video and average them: "
-                             "about K times the time, higher PSNR (2: +0.05-0.11 dB, 8: +0.13-0.29 dB on the "
+                             "about K times the time, higher PSNR (2: +0.04-0.11 dB, 8: +0.13-0.29 dB on the "
                              "held-out sets; docs/MODEL_CARD.md)")
         sp.add_argument("--two-pass", action="store_true",
                         help="run each video backward first and start from that state: every frame of a still "
