@@ -46,7 +46,7 @@ align_rating  ?= warped
 # twelfth session)
 output_smoothing ?= 4
 # whether that smoothing ramps up over the first S frames (model.smoothing_ramp, no training), so that the first
-# outputs are smoothed too: training-side still videos -0.02 to -0.04 dB, MABD error -50% (docs/RESULTS.md,
+# outputs are smoothed too: training-side still videos -0.02 to -0.04 dB, MABD error -44% to -50% (docs/RESULTS.md,
 # seventeenth session)
 smoothing_ramp ?= True
 # the brightness `export --input` brings a burst to (data.exposure_level), set on them: stages 1-16 measured it on
