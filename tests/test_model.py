@@ -84,10 +84,13 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
                                  tiny(name="clstm", encoder_mean=True, pipeline="fixed"),
                                  tiny(name="clstm", gate_evidence=True, denoiser=4, scale=2),
                                  tiny(name="clstm", state_reset=True),
-                                 tiny(name="clstm", residual_rule=2.0, residual_cap=0.02, scale=2)],
+                                 tiny(name="clstm", residual_rule=2.0, residual_cap=0.02, scale=2),
+                                 tiny(name="clstm", head="recursive", single_frame=True, output_smoothing=2.0,
+                                      align="camera")],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
                               "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed",
-                              "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule-cap-x2"])
+                              "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule-cap-x2",
+                              "clstm-single-frame-smoothed-aligned"])
 def test_clip_equals_frame_by_frame_steps(cfg):
     torch.manual_seed(0)
     model = build_model(cfg, 4).eval()
@@ -681,6 +684,31 @@ def test_smoothing_ramp_smooths_the_first_frames_by_the_gate():
     assert torch.allclose(smoothed, streamed, atol=1e-5)
     with pytest.raises(BatmanError, match="model.smoothing_ramp ramps model.output_smoothing up"):
         build_model(tiny(head="recursive", smoothing_ramp=True), 4)
+
+
+def test_single_frame_path_is_taken_where_the_gate_opens():
+    """model.single_frame: on the first frame (k = 1) the output is the U-Net's bit for bit; with the gate shut
+    (k = 1/t on a still scene) it moves min(1, k / G) of the way to it, so a gate G far above 1 leaves the plain
+    model's output; the U-Net's weights are the only new ones; it needs the recursive head at scale 1."""
+    torch.manual_seed(0)
+    plain = build_model(tiny(head="recursive"), 4).eval()
+    with torch.no_grad():
+        plain.head.residual[-2].weight.normal_(0, 0.05)
+    hybrid = build_model(tiny(head="recursive", single_frame=True, single_frame_gate=0.5), 4).eval()
+    missing, unexpected = hybrid.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(key.startswith("single.") for key in missing)
+    x = clip(t=4)
+    with torch.no_grad():
+        y, ours, single = hybrid(x)[0], plain(x)[0], hybrid.single(x.flatten(0, 1)).unflatten(0, (1, 4))
+        hybrid.head.single_frame_gate = 1e9
+        far = hybrid(x)[0]
+    assert torch.equal(y[:, 0], single[:, 0].to(y.dtype))
+    k = 1 / 3 + (1 - 1 / 3) * torch.sigmoid(plain.head.gate.bias)  # the untrained gate on the third frame
+    assert torch.allclose(y[:, 2], torch.lerp(ours[:, 2], single[:, 2], (k / 0.5).clamp(max=1)), atol=1e-5)
+    assert torch.allclose(far, ours, atol=1e-5)
+    for kw in ({"head": "skip"}, {"head": "recursive", "scale": 2}):
+        with pytest.raises(BatmanError, match="model.single_frame takes the U-Net's output"):
+            build_model(tiny(single_frame=True, **kw), 4)
 
 
 def test_output_smoothing_needs_the_recursive_head_at_scale_1():

@@ -131,3 +131,68 @@ def test_release_blend_averages_two_models_weights_and_refuses_another_architect
     assert main(["release", str(tmp_path / "run1.pt"), "--out", str(out), "--blend-weight", "0.5"]) == 2
     assert "needs --blend" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_release_single_frame_joins_a_unet_and_refuses_another_model(tmp_path, capsys):
+    """`release --single-frame UNET`: the U-Net's weights become the model's single-frame path (the sidecar names
+    them, model.single_frame on); weights that are not a U-Net, or a model that has one, are a one-line error."""
+    from batman.cli import main
+    from batman.config import make_config
+    from batman.model.net import model_for
+    cfg = make_config("demo", {"model.hidden": 8, "model.fusion": 8, "model.head": "recursive"})
+    unet_cfg = make_config("demo", {"model.name": "unet"})
+    torch.manual_seed(1)
+    ckpt.save_checkpoint(tmp_path / "run.pt", {"model": model_for(cfg).state_dict(), "config": cfg.to_json()})
+    unet_state = model_for(unet_cfg).state_dict()
+    ckpt.save_checkpoint(tmp_path / "unet.pt", {"model": unet_state, "config": unet_cfg.to_json()})
+    out = tmp_path / "w.safetensors"
+    assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--single-frame", str(tmp_path / "unet.pt"),
+                 "--set", "model.single_frame_gate=0.5"]) == 0
+    state, released = ckpt.read_weights(out)
+    assert released.model.single_frame and released.model.single_frame_gate == 0.5
+    torch.testing.assert_close(state["single.out.0.weight"], unet_state["unet.out.0.weight"].half().float())
+    assert json.loads(out.with_suffix(".json").read_text())["single_frame"] == str(tmp_path / "unet.pt")
+    model, _ = ckpt.load_model(out)
+    assert model.single is not None
+    before = out.read_bytes()
+    for other, why in ((tmp_path / "run.pt", "needs a U-Net"), (out, "needs a U-Net")):
+        assert main(["release", str(tmp_path / "run.pt"), "--out", str(out), "--single-frame", str(other)]) == 2
+        assert why in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_release_int8_halves_the_file_and_loads_within_half_a_step(tmp_path):
+    """`release --int8`: the large tensors as int8 with a float16 scale per output channel; the file is about
+    half the float16 one, each weight is back within half a quantisation step, the small ones are unchanged, the
+    sidecar's reference output is the int8 model's, and damaged scales are a one-line error."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from batman.config import make_config
+    from batman.model.net import model_for
+    cfg = make_config("demo", {"model.head": "recursive"})
+    torch.manual_seed(1)
+    state = model_for(cfg).state_dict()
+    ckpt.save_checkpoint(tmp_path / "run.pt", {"model": state, "config": cfg.to_json()})
+    half = ckpt.release_weights(tmp_path / "run.pt", tmp_path / "half.safetensors")
+    small = ckpt.release_weights(tmp_path / "run.pt", tmp_path / "int8.safetensors", int8=True)
+    assert small.stat().st_size < 0.6 * half.stat().st_size
+    loaded, _ = ckpt.read_weights(small)
+    stored = load_file(small)
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        if key + ckpt.INT8_SCALE in stored:
+            step = stored[key + ckpt.INT8_SCALE].float().view((-1,) + (1,) * (value.dim() - 1))
+            assert ((loaded[key] - value).abs() <= 0.5 * step + 1e-3 * value.abs()).all(), key
+        elif value.is_floating_point():
+            torch.testing.assert_close(loaded[key], value.half().float())
+    model, _ = ckpt.load_model(small)
+    sidecar = json.loads(small.with_suffix(".json").read_text())
+    assert sidecar["reference_output"] == ckpt.reference_output(model)
+    key = next(k for k in stored if k.endswith(ckpt.INT8_SCALE))
+    stored[key] = stored[key][:1].repeat(2)  # scales of the wrong length
+    with safe_open(str(small), "pt") as f:
+        save_file(stored, tmp_path / "bad.safetensors", metadata=f.metadata())
+    with pytest.raises(BatmanError, match="int8 scales do not fit"):
+        ckpt.read_weights(tmp_path / "bad.safetensors")
+

@@ -338,12 +338,15 @@ def sha256_of(path: Path) -> str:
 
 
 def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None = None,
-                    overrides: dict | None = None, blend: tuple[Path, float] | None = None) -> Path:
+                    overrides: dict | None = None, blend: tuple[Path, float] | None = None,
+                    single_frame: Path | None = None, int8: bool = False) -> Path:
     """Write a checkpoint's weights as float16 safetensors (the config inside as metadata) and a JSON
     sidecar with the config, the file's sha256 and `card` (training facts); both atomic. `overrides`
     ({'model.residual_rule': 0.06}) change settings that need no training (RELEASE_KEYS only: any other would
     describe weights that were not trained so); the sidecar lists them. `blend` (OTHER, w): release
-    (1 - w) x these weights + w x OTHER's (`blended_state`)."""
+    (1 - w) x these weights + w x OTHER's (`blended_state`). `single_frame`: released U-Net weights that join
+    as the model's single-frame path (`with_single_frame`). `int8`: the large weight tensors stored as int8 with a
+    scale per output channel (`int8_state`), about half the size."""
     import json
 
     from safetensors.torch import save
@@ -359,18 +362,23 @@ def release_weights(checkpoint: str | Path, out: str | Path, card: dict | None =
                           f"({', '.join(RELEASE_KEYS)}); train or fine-tune for the others")
     cfg = apply_overrides(checkpoint_config(ckpt, checkpoint), overrides)
     weights = blended_state(ckpt["model"], cfg, checkpoint, *blend) if blend else ckpt["model"]
+    if single_frame is not None:
+        weights, cfg = with_single_frame(weights, cfg, checkpoint, Path(single_frame))
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
     bad = non_finite(state)
     if bad:
         raise BatmanError(f"{checkpoint} holds non-finite weights (or beyond float16: {bad}): not released")
-    model = model_for(without_init(cfg)).eval()  # the float16 weights as load_weights returns them; not read back
-    load_state_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, checkpoint)
+    if int8:
+        state = int8_state(state)
+    model = model_for(without_init(cfg)).eval()  # the weights as load_weights returns them; not read back
+    load_state_strict(model, stored_state(state), checkpoint)
     atomic_write_bytes(out, save(state, metadata={"format": WEIGHTS_FORMAT, "config": cfg.to_json()}))
     sidecar = {"weights": out.name, "sha256": sha256_of(out), "format": WEIGHTS_FORMAT, "source": str(checkpoint),
                "epoch": ckpt.get("epoch"), "step": ckpt.get("step"), "commit": ckpt.get("commit"),
                "reference_output": reference_output(model), "config": cfg.to_dict(),
                **({"release_overrides": overrides} if overrides else {}),
-               **({"blend": {"with": str(blend[0]), "weight": blend[1]}} if blend else {}), **(card or {})}
+               **({"blend": {"with": str(blend[0]), "weight": blend[1]}} if blend else {}),
+               **({"single_frame": str(single_frame)} if single_frame is not None else {}), **(card or {})}
     atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -389,6 +397,56 @@ def blended_state(state: dict, cfg: Config, path: Path, other: Path, weight: flo
         raise BatmanError(f"release --blend {other} does not fit {path}: {odd[0]} differs")
     return {k: torch.lerp(v.float(), theirs[k].float(), weight) if v.is_floating_point() else v
             for k, v in state.items()}
+
+
+INT8_SCALE = ".int8_scale"  # suffix of the key holding an int8 tensor's scales
+INT8_LEAST = 4096  # tensors with fewer values stay float16: biases, norms and small convs are a few kB in all
+
+
+def int8_state(state: dict) -> dict:
+    """Float16 `state` with every weight tensor of INT8_LEAST values or more as int8, symmetric, one float16
+    scale per slice along dim 0 (an output channel of a conv; an input one of a transposed conv) under
+    key + INT8_SCALE. Why: the recurrent model and its single-frame U-Net in float16 are 40 MB, over the 30 MB
+    a shipped file may take; int8 storage halves them (docs/RESULTS.md, twentieth session: the change in PSNR)."""
+    out = {}
+    for key, value in state.items():
+        if not value.is_floating_point() or value.dim() < 2 or value.numel() < INT8_LEAST:
+            out[key] = value
+            continue
+        peak = value.float().abs().flatten(1).amax(1).clamp(min=1e-12)
+        scale = (peak / 127).half()
+        shape = (-1,) + (1,) * (value.dim() - 1)
+        out[key] = torch.round(value.float() / scale.float().view(shape)).clamp(-127, 127).to(torch.int8)
+        out[key + INT8_SCALE] = scale
+    return out
+
+
+def stored_state(state: dict) -> dict:
+    """A released state as the model loads it: float16 -> float32, int8 tensors times their scales."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(INT8_SCALE):
+            continue
+        scale = state.get(key + INT8_SCALE)
+        if scale is not None:
+            value = value.float() * scale.float().view((-1,) + (1,) * (value.dim() - 1))
+        out[key] = value.float() if value.is_floating_point() else value
+    return out
+
+
+def with_single_frame(state: dict, cfg: Config, path: Path, unet: Path) -> tuple[dict, Config]:
+    """`state` with the U-Net weights in `unet` as its single-frame path (model.single_frame, RecursiveHead.
+    take_single_frame), and `cfg` with it on. Why at release: the two are trained apart (the U-Net on single
+    frames) and need no training together; the gate that mixes them is a release setting."""
+    if cfg.model.single_frame:
+        raise BatmanError(f"release --single-frame: {path} holds a single-frame U-Net already")
+    theirs, their_cfg = read_weights(unet)
+    if their_cfg.model.name != "unet" or (their_cfg.data.mode, their_cfg.data.in_channels, their_cfg.model.scale) != (
+            cfg.data.mode, cfg.data.in_channels, cfg.model.scale):
+        raise BatmanError(f"release --single-frame {unet} holds a {describe_model(their_cfg)} model: it needs a "
+                          f"U-Net (model.name=unet) on {path}'s input ({cfg.data.mode}, scale {cfg.model.scale})")
+    single = {"single." + key.removeprefix("unet."): value for key, value in theirs.items()}
+    return {**state, **single}, replace(cfg, model=replace(cfg.model, single_frame=True))
 
 
 def architecture(cfg: Config) -> tuple:
@@ -415,7 +473,8 @@ def reference_output(model: torch.nn.Module) -> list[float]:
 
 
 def load_weights(path: Path) -> tuple[dict, Config]:
-    """Released weights (float16 -> float32) and their config; checked against the sidecar's sha256."""
+    """Released weights (float16 -> float32, int8 times their scales: `stored_state`) and their config; checked
+    against the sidecar's sha256."""
     import json
 
     from safetensors import SafetensorError, safe_open
@@ -440,4 +499,7 @@ def load_weights(path: Path) -> tuple[dict, Config]:
         cfg = Config.from_json(meta["config"])
     except (BatmanError, ValueError) as e:
         raise BatmanError(f"{path} was written by an incompatible batman version ({e})") from None
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, cfg
+    try:
+        return stored_state(state), cfg
+    except RuntimeError as e:
+        raise BatmanError(f"{path}: its int8 scales do not fit their tensors ({e})") from None

@@ -141,8 +141,9 @@ def cmd_release(args) -> int:
     weight = 0.5 if args.blend_weight is None else args.blend_weight
     check_options("release", blend_weight=weight)
     out = release_weights(source, args.out, overrides=parse_set(args.set),
-                          blend=(args.blend, weight) if args.blend else None)
-    print(f"released {source} as {out} (float16, {out.stat().st_size / 1e6:.1f} MB) + {out.with_suffix('.json')}")
+                          blend=(args.blend, weight) if args.blend else None, single_frame=args.single_frame, int8=args.int8)
+    kind = "int8 + float16" if args.int8 else "float16"
+    print(f"released {source} as {out} ({kind}, {out.stat().st_size / 1e6:.1f} MB) + {out.with_suffix('.json')}")
     return 0
 
 
@@ -330,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "architecture, e.g. the fine-tune's starting point); the settings are the checkpoint's")
     sp.add_argument("--blend-weight", type=float, default=None, metavar="W",
                     help="OTHER's share of the average, above 0 up to 1 (default 0.5)")
+    sp.add_argument("--single-frame", type=Path, default=None, metavar="UNET",
+                    help="released U-Net weights (model.name=unet) to join as the single-frame path: the output "
+                         "takes the U-Net's where the gate opens (model.single_frame_gate, default 0.5)")
+    sp.add_argument("--int8", action="store_true",
+                    help="store the large weight tensors as int8 with a float16 scale per output channel (about "
+                         "half the size; loaded back as float32)")
 
     sp = add("demo", cmd_demo, "synthesise data, train, evaluate and export, no data set needed")
     sp.add_argument("--out", type=Path, default=Path("result/demo"), help="folder for data, runs and results")

@@ -126,6 +126,11 @@ class ModelCfg:
     smoothing_ramp: bool = False  # with output_smoothing: S grows as min(S, frames seen before), so the
                               # second to S-th outputs are smoothed too (at S k >= 1 they were not: the largest
                               # frame-to-frame change of a still video is its first; RecursiveHead.smooth)
+    single_frame: bool = False  # recursive head: a SID U-Net beside the network denoises each frame on its own,
+                              # and the output takes it where the gate opens, y + min(1, k / single_frame_gate)
+                              # (u - y) before the smoothing (RecursiveHead.take_single_frame): where the camera
+                              # moved the filter holds one frame, and a U-Net denoises one frame better
+    single_frame_gate: float = 0.5  # with single_frame: the gate k at which the output is the U-Net's alone
     noise_input: bool = False # recursive head: its residual and denoiser also read the noise the filter state
                               # still holds, per pixel (log, one channel; model/residual.py): told how much noise
                               # is left, a trained residual need not guess it from content it has seen
@@ -384,7 +389,8 @@ CHECKS: dict[str, Check] = {
     "model.denoiser": _int(0, 256), "model.state_reset": _flag, "model.residual_rule": _real(0, 1e3),
     "model.residual_cap": _real(0, 1e3),
     "model.residual_cap_block": _block(32), "model.residual_cap_mean": _flag, "model.output_smoothing": _real(0, 1e3),
-    "model.smoothing_ramp": _flag,
+    "model.smoothing_ramp": _flag, "model.single_frame": _flag,
+    "model.single_frame_gate": _real(0, 1e3, above_lo=True),
     "model.noise_input": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
@@ -419,7 +425,7 @@ def validate(cfg: Config) -> Config:
 # Settings that change no weight: `release --set` may change them, and `train --init` may switch them.
 RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block", "model.residual_cap_mean",
                 "model.align_to", "model.align_rating", "model.align_margin", "model.output_smoothing",
-                "model.smoothing_ramp", "data.exposure_level")
+                "model.smoothing_ramp", "model.single_frame_gate", "data.exposure_level")
 
 # Command-line options outside Config, checked the same way: (command, option) -> check.
 OPTION_CHECKS: dict[tuple[str, str], Check] = {

@@ -192,7 +192,8 @@ class RecursiveHead(nn.Module):
     (`residual_cap_weight`, model/residual.py; per block with cfg.residual_cap_block): set when releasing trained
     weights, they need no training. So is cfg.output_smoothing = S (`smooth`): the output itself follows the
     gate, y'_t = y'_{t-1} + min(1, S k_t) (y_t - y'_{t-1}); the state then carries y' and how many frames it
-    has smoothed (`restart_smoothing` zeroes that where the camera moved).
+    has smoothed (`restart_smoothing` zeroes that where the camera moved). With cfg.single_frame the output takes
+    a single-frame U-Net's where the gate opens (`take_single_frame`), before the smoothing.
     """
 
     def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
@@ -227,6 +228,7 @@ class RecursiveHead(nn.Module):
             raise BatmanError("model.residual_cap_mean splits the residual into the blocks of "
                               "model.residual_cap_block: it needs model.residual_cap and model.residual_cap_block")
         self.output_smoothing, self.smoothing_ramp = cfg.output_smoothing, cfg.smoothing_ramp
+        self.single_frame_gate = cfg.single_frame_gate
         if self.output_smoothing and scale != 1:
             raise BatmanError("model.output_smoothing keeps the output on the input grid: it needs model.scale=1")
         if self.smoothing_ramp and not self.output_smoothing:
@@ -249,10 +251,11 @@ class RecursiveHead(nn.Module):
         rgb = self.camera_rgb(m)
         return self.curve(rgb if self.colour is None else torch.einsum("ij,bjhw->bihw", self.colour, rgb))
 
-    def forward(self, feats, frames, state, with_base: bool = False, valid=None):
+    def forward(self, feats, frames, state, with_base: bool = False, valid=None, single=None):
         """-> (y, state), or (y, state, base) with `with_base`: base (B, T, 3, sH, sW) is the filter state
         alone through the pipeline, which train.filter_weight supervises. `valid`: (H, W) of the frames before
-        their padding, where the residual's weights take their statistics (None: all of it)."""
+        their padding, where the residual's weights take their statistics (None: all of it). `single`: the
+        single-frame U-Net's outputs (B, T, 3, H, W) with cfg.single_frame, else None."""
         b, t = feats.shape[:2]
         up = self.up(feats.flatten(0, 1)).unflatten(0, (b, t))
         m, count, *smoothed = state if state is not None else (frames[:, 0], 0)
@@ -264,6 +267,8 @@ class RecursiveHead(nn.Module):
                 y, m, base, k = checkpoint(self.frame, *args, use_reentrant=False)
             else:
                 y, m, base, k = self.frame(*args)
+            if single is not None:
+                y = self.take_single_frame(y, single[:, i], k)
             if self.output_smoothing:
                 y = previous = self.smooth(y, previous, k, age, count)
                 age = age + 1
@@ -296,6 +301,15 @@ class RecursiveHead(nn.Module):
         if self.residual_rule or self.residual_cap:
             residual = self.weighed_residual(residual, x, held, sigma, valid)
         return base_out + residual, m, base_out, k
+
+    def take_single_frame(self, y: torch.Tensor, single: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """y + min(1, k / G) (single - y), G = cfg.single_frame_gate. Why: where the camera moved (k near 1) the
+        filter holds about one frame and the residual denoises it less well than a U-Net trained on single frames
+        (2.7 dB less on a held-out pan); where the scene is still (k near 1/t) the filter's average of t frames
+        wins and the U-Net only adds its independent estimate of what noise is left (G fitted on training
+        videos: docs/RESULTS.md, twentieth session)."""
+        weight = (k / self.single_frame_gate).clamp(max=1.0)
+        return torch.lerp(y, single.to(y.dtype), weight.to(y.dtype))
 
     def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age, count) -> torch.Tensor:
         """cfg.output_smoothing S: y' = previous + min(1, S k) (y - previous). Why: on a still scene the gate keeps
@@ -508,6 +522,10 @@ class VideoNet(nn.Module):
             raise BatmanError("model.state_reset compares each frame with the recursive head's filter state: "
                               "it needs model.head=recursive")
         self.reset = StateReset() if cfg.state_reset else None
+        if cfg.single_frame and (cfg.head != "recursive" or cfg.scale != 1):
+            raise BatmanError("model.single_frame takes the U-Net's output where the recursive head's gate opens: it "
+                              "needs model.head=recursive and model.scale=1")
+        self.single = SIDUNet(in_channels, cfg.scale) if cfg.single_frame else None
 
     def forward(self, x: torch.Tensor, state: dict | None = None, with_base: bool = False):
         """-> (y, state), or (y, state, base) with `with_base` (the recursive head's filter state through
@@ -520,19 +538,27 @@ class VideoNet(nn.Module):
         frames = pad_to_multiple(x.flatten(0, 1))
         seen, mean_state = self.encoder_input(frames.unflatten(0, (b, t)), state.get("mean"))
         feats = self.fusion(self.encoder(seen.flatten(0, 1)))
+        single = self.single_frame(frames.unflatten(0, (b, t)))
         if self.align is not None or self.reset is not None:
             y, state, base = self.frame_by_frame(feats.unflatten(0, (b, t)), frames.unflatten(0, (b, t)), state,
-                                                 with_base, (h, w))
+                                                 with_base, (h, w), single)
         else:
             feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
             y, head_state, *base = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"), with_base,
-                                             valid=(h, w))
+                                             valid=(h, w), **({"single": single} if single is not None else {}))
             state = {"temporal": temporal_state, "head": head_state}
             base = base[0] if base else None
         if mean_state is not None:
             state = {**state, "mean": mean_state}
         crop = (..., slice(0, h * self.scale), slice(0, w * self.scale))
         return (y[crop], state, base[crop]) if with_base else (y[crop], state)
+
+    def single_frame(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, C, H, W) padded frames -> the single-frame U-Net's outputs (B, T, 3, H, W), or None without
+        cfg.single_frame."""
+        if self.single is None:
+            return None
+        return self.single(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
 
     def encoder_input(self, frames: torch.Tensor, mean_state):
         """(B, T, C, H, W) -> what the encoder sees (the frames, with cfg.encoder_mean their running mean
@@ -543,11 +569,11 @@ class VideoNet(nn.Module):
         return torch.cat([frames, mean], 2), mean_state
 
     def frame_by_frame(self, feats: torch.Tensor, frames: torch.Tensor, state: dict, with_base: bool = False,
-                       valid=None):
+                       valid=None, single=None):
         """Frame by frame, for what acts between frames: with cfg.align the flow from the previous frame warps
         the states onto the new frame; with cfg.state_reset the frame's departure from the filter state scales
         the temporal memory down and pulls the filter towards the frame. -> (y, state, base or None).
-        `valid`: the head's (H, W) before padding."""
+        `valid`: the head's (H, W) before padding; `single`: the single-frame U-Net's outputs or None."""
         outs, bases = [], []
         for i in range(feats.shape[1]):
             recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
@@ -563,7 +589,8 @@ class VideoNet(nn.Module):
                 recurrent["temporal"], recurrent["head"] = self.reset(recurrent["temporal"], recurrent["head"],
                                                                       frames[:, i], self.head.colours)
             f, temporal_state = self.temporal(feats[:, i:i + 1], recurrent["temporal"])
-            y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base, valid)
+            extra = {} if single is None else {"single": single[:, i:i + 1]}
+            y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base, valid, **extra)
             state = {"temporal": temporal_state, "head": head_state}
             if self.align is not None:
                 state["align"] = previous
