@@ -59,6 +59,10 @@ exposure_level ?= 0.198254
 # (train24's test split, 24 frames; docs/RESULTS.md, fourteenth session; for stage 21 they tie within 0.01 dB): stage
 # 20 alone lost up to 0.46 dB on darker held-out still videos, the average keeps most of its gains
 blend_weight  ?= 0.5
+# G of model.single_frame_gate (release --single-frame, no training): the output takes the same-budget U-Net's where
+# the gate k opens, min(1, k / G). Of 0.35, 0.5, 0.7, 1.0, the best on the training-side videos that chose nothing else
+# (train24's val split and its 7 validation dynamic videos; docs/RESULTS.md, twentieth session)
+single_frame_gate ?= 0.7
 HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
 # clean real raws (../shared/fixtures): a second held-out set with a real sensor's colour and real scenes
 fixtures      ?= ../shared/fixtures
@@ -73,7 +77,7 @@ TRAIN := $(VENV)/bin/torchrun --nproc_per_node=$(NPROC) --nnodes=$(NNODES) --rdz
 endif
 
 .PHONY: help install test test_all demo synth download_dataset prepare train_titan train_1080ti train_1080 \
-        train_cpu evaluate export_video bench clean pretrain unet_baseline eval_raws residual_sweep
+        train_cpu evaluate export_video bench clean pretrain unet unet_baseline eval_raws residual_sweep
 
 help:  ## list the targets
 	@grep -E '^[a-z_0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -244,22 +248,34 @@ pretrain: install  ## reproduce trained_model/ from clean photos (photos=DIR; ko
 	    model.align_rating=bicubic model.output_smoothing=0 data.exposure_level=$(exposure_level) \
 	    data.extra_static=$(pretrain_dir)/bright24,$(pretrain_dir)/bayer24 \
 	    data.extra_dynamic=$(pretrain_dir)/bright24,$(pretrain_dir)/bayer24 $(SET)
+	$(MAKE) --no-print-directory unet
+	@echo "the release: stage 21 averaged with stage 20, the U-Net as its single-frame path, int8 (30 MB at most)"
 	$(BATMAN) release $(pretrain_dir)/clstm_s21 --out trained_model/batman_default.safetensors \
-	    --blend $(pretrain_dir)/stage20.safetensors --blend-weight $(blend_weight) --set model.residual_rule=$(residual_rule) model.residual_cap=$(residual_cap) \
+	    --blend $(pretrain_dir)/stage20.safetensors --blend-weight $(blend_weight) \
+	    --single-frame $(pretrain_dir)/unet_s2.safetensors --int8 --set model.residual_rule=$(residual_rule) model.residual_cap=$(residual_cap) \
 	    model.residual_cap_block=$(residual_cap_block) model.align_to=$(align_to) model.align_rating=$(align_rating) \
 	    model.output_smoothing=$(output_smoothing) data.exposure_level=$(exposure_level) model.residual_cap_mean=$(residual_cap_mean) \
-	    model.smoothing_ramp=$(smoothing_ramp)
+	    model.smoothing_ramp=$(smoothing_ramp) model.single_frame_gate=$(single_frame_gate)
 	$(MAKE) --no-print-directory unet_baseline
 	@if [ -d $(fixtures) ]; then $(MAKE) --no-print-directory eval_raws; \
 	else echo "$(fixtures) not found: the held-out sets made from real raws are skipped (make eval_raws fixtures=DIR)"; fi
 
-unet_baseline: install  ## the U-Net with the default's training budget, beside it on every held-out set (resumable; after pretrain)
-	@echo "the U-Net baseline with the default's budget: $(unet_minutes) min of training on one cosine schedule"
+unet: install  ## train the same-budget U-Net, then the single-frame path fine-tuned from it (resumable; after pretrain's stages)
+	@echo "the U-Net with the recurrent model's budget: $(unet_minutes) min of training on one cosine schedule"
 	$(BATMAN) train --root $(pretrain_dir)/train_data --preset pretrain --out $(pretrain_dir)/unet_budget --resume auto \
 	    --set model.name=unet train.max_minutes=$(unet_minutes) train.epochs=$(unet_epochs) train.schedule=cosine \
 	    train.warmup_steps=50 train.lr=5e-4 train.grad_clip=1.0 data.train_dynamic=True data.val_dynamic=7 \
 	    train.amp=$(unet_amp) $(SET)
 	$(BATMAN) release $(pretrain_dir)/unet_budget --out $(pretrain_dir)/unet.safetensors
+	@echo "the single-frame path: that U-Net fine-tuned on the recurrent model's later data (24-frame sets, brighter and Bayer-sampled videos)"
+	$(BATMAN) train --root $(pretrain_dir)/train24 --preset pretrain --out $(pretrain_dir)/unet_s2 --resume auto \
+	    --init $(pretrain_dir)/unet.safetensors --set model.name=unet train.epochs=60 train.schedule=cosine \
+	    train.warmup_steps=20 train.lr=1e-4 train.grad_clip=1.0 data.train_dynamic=True data.val_dynamic=7 train.amp=bf16 \
+	    data.frames=6 data.extra_static=$(pretrain_dir)/bright24,$(pretrain_dir)/bayer24 \
+	    data.extra_dynamic=$(pretrain_dir)/bright24,$(pretrain_dir)/bayer24 $(SET)
+	$(BATMAN) release $(pretrain_dir)/unet_s2 --out $(pretrain_dir)/unet_s2.safetensors
+
+unet_baseline: unet  ## the U-Net alone beside the shipped weights (which hold it) on every held-out set (after pretrain)
 	pretrain_dir=$(pretrain_dir) photos=$(photos) PYTHON=$(VENV)/bin/python \
 	    scripts/compare_heldout.sh $(pretrain_dir)/unet.safetensors $(pretrain_dir)/unet_heldout
 	for split in test dynamic; do \

@@ -689,7 +689,8 @@ def test_smoothing_ramp_smooths_the_first_frames_by_the_gate():
 def test_single_frame_path_is_taken_where_the_gate_opens():
     """model.single_frame: on the first frame (k = 1) the output is the U-Net's bit for bit; with the gate shut
     (k = 1/t on a still scene) it moves min(1, k / G) of the way to it, so a gate G far above 1 leaves the plain
-    model's output; the U-Net's weights are the only new ones; it needs the recursive head at scale 1."""
+    model's output; with model.residual_rule that share is also scaled by the rule's weight (a clean frame takes
+    less); the U-Net's weights are the only new ones; it needs the recursive head at scale 1."""
     torch.manual_seed(0)
     plain = build_model(tiny(head="recursive"), 4).eval()
     with torch.no_grad():
@@ -706,6 +707,18 @@ def test_single_frame_path_is_taken_where_the_gate_opens():
     k = 1 / 3 + (1 - 1 / 3) * torch.sigmoid(plain.head.gate.bias)  # the untrained gate on the third frame
     assert torch.allclose(y[:, 2], torch.lerp(ours[:, 2], single[:, 2], (k / 0.5).clamp(max=1)), atol=1e-5)
     assert torch.allclose(far, ours, atol=1e-5)
+    rule = build_model(tiny(head="recursive", single_frame=True, residual_rule=0.05), 4).eval()
+    rule.load_state_dict(hybrid.state_dict())
+    g = torch.Generator().manual_seed(2)
+    clean = (0.5 + 0.002 * torch.randn(1, 1, 4, 64, 64, generator=g))  # signal-to-noise far above 1 / C
+    with torch.no_grad():
+        first = rule(clean)[0][:, 0]
+        rule.head.single_frame_gate = 1e9
+        filtered = rule(clean)[0][:, 0]
+        u = rule.single(clean[:, 0])
+    weight = residual_weight(clean[:, 0], 0.05)  # the rule's weight scales the U-Net's share, here from k = 1
+    assert 0 < float(weight) < 0.5
+    assert torch.allclose(first, torch.lerp(filtered, u, weight), atol=1e-5)
     for kw in ({"head": "skip"}, {"head": "recursive", "scale": 2}):
         with pytest.raises(BatmanError, match="model.single_frame takes the U-Net's output"):
             build_model(tiny(single_frame=True, **kw), 4)

@@ -268,7 +268,7 @@ class RecursiveHead(nn.Module):
             else:
                 y, m, base, k = self.frame(*args)
             if single is not None:
-                y = self.take_single_frame(y, single[:, i], k)
+                y = self.take_single_frame(y, single[:, i], k, frames[:, i], valid)
             if self.output_smoothing:
                 y = previous = self.smooth(y, previous, k, age, count)
                 age = age + 1
@@ -302,13 +302,16 @@ class RecursiveHead(nn.Module):
             residual = self.weighed_residual(residual, x, held, sigma, valid)
         return base_out + residual, m, base_out, k
 
-    def take_single_frame(self, y: torch.Tensor, single: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """y + min(1, k / G) (single - y), G = cfg.single_frame_gate. Why: where the camera moved (k near 1) the
-        filter holds about one frame and the residual denoises it less well than a U-Net trained on single frames
-        (2.7 dB less on a held-out pan); where the scene is still (k near 1/t) the filter's average of t frames
-        wins and the U-Net only adds its independent estimate of what noise is left (G fitted on training
-        videos: docs/RESULTS.md, twentieth session)."""
-        weight = (k / self.single_frame_gate).clamp(max=1.0)
+    def take_single_frame(self, y, single, k, x, valid=None) -> torch.Tensor:
+        """y + min(1, k / G) w (single - y), G = cfg.single_frame_gate, w the residual rule's weight of frame x
+        (`rule_weight`; 1 without cfg.residual_rule). Why: where the camera moved (k near 1) the filter holds about
+        one frame and the residual denoises it less well than a U-Net trained on single frames (2.7 dB less on a
+        held-out pan and rotation); where the scene is still (k near 1/t) the filter's average of t frames wins
+        and the U-Net only adds its independent estimate of what noise is left. On frames clean enough that the
+        rule steps the residual back, the U-Net's output is a correction of the same kind and steps back too
+        (G fitted on training videos: docs/RESULTS.md, twentieth session)."""
+        rule = self.rule_weight(x, self.frame_sigma(x, valid), valid) if self.residual_rule else 1.0
+        weight = (k / self.single_frame_gate).clamp(max=1.0) * rule
         return torch.lerp(y, single.to(y.dtype), weight.to(y.dtype))
 
     def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age, count) -> torch.Tensor:
