@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run each video backward first and start from that state: every frame of a still "
                              "scene gets the last frame's quality; not causal, 2x the time (docs/MODEL_CARD.md)")
         sp.add_argument("--bf16", action="store_true",
-                        help="run the network under bf16 autocast: 1.4-1.6x the frames per second on a CPU "
+                        help="run the network under bf16 autocast: 1.4-1.8x the frames per second on a CPU "
                              "with native bf16 (AVX512-BF16, AMX; slower without), held-out PSNR within 0.04 dB")
 
     sp = add("inspect", cmd_inspect, "print the Bayer pattern, levels, size and exposure of raw files")
