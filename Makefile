@@ -59,9 +59,10 @@ exposure_level ?= 0.198254
 # (train24's test split, 24 frames; docs/RESULTS.md, fourteenth session; for stage 21 they tie within 0.01 dB): stage
 # 20 alone lost up to 0.46 dB on darker held-out still videos, the average keeps most of its gains
 blend_weight  ?= 0.5
-# G of model.single_frame_gate (release --single-frame, no training): the output takes the same-budget U-Net's where
-# the gate k opens, min(1, k / G). Of 0.35, 0.5, 0.7, 1.0, the best on the training-side videos that chose nothing else
-# (train24's val split and its 7 validation dynamic videos; docs/RESULTS.md, twentieth session)
+# G of model.single_frame_gate (release --single-frame, no training): the output takes the fine-tuned U-Net's (unet_s2)
+# where the gate k opens, min(1, k / G). Of 0.35, 0.5, 0.7, 1.0, the best mean PSNR over training-side videos that chose
+# nothing else (train24's, bright24's and bayer24's test splits, train24's 7 validation dynamic videos; docs/RESULTS.md,
+# twentieth session)
 single_frame_gate ?= 0.7
 HELDOUT       := 'kodim19*' 'kodim2[0-4]*'
 # clean real raws (../shared/fixtures): a second held-out set with a real sensor's colour and real scenes

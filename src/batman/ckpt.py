@@ -403,6 +403,11 @@ INT8_SCALE = ".int8_scale"  # suffix of the key holding an int8 tensor's scales
 INT8_LEAST = 4096  # tensors with fewer values stay float16: biases, norms and small convs are a few kB in all
 
 
+def per_slice(scale: torch.Tensor, dims: int) -> torch.Tensor:
+    """Scales (N,) viewed to multiply a tensor of `dims` dimensions slice by slice along dim 0."""
+    return scale.float().view((-1,) + (1,) * (dims - 1))
+
+
 def int8_state(state: dict) -> dict:
     """Float16 `state` with every weight tensor of INT8_LEAST values or more as int8, symmetric, one float16
     scale per slice along dim 0 (an output channel of a conv; an input one of a transposed conv) under
@@ -415,8 +420,7 @@ def int8_state(state: dict) -> dict:
             continue
         peak = value.float().abs().flatten(1).amax(1).clamp(min=1e-12)
         scale = (peak / 127).half()
-        shape = (-1,) + (1,) * (value.dim() - 1)
-        out[key] = torch.round(value.float() / scale.float().view(shape)).clamp(-127, 127).to(torch.int8)
+        out[key] = torch.round(value.float() / per_slice(scale, value.dim())).clamp(-127, 127).to(torch.int8)
         out[key + INT8_SCALE] = scale
     return out
 
@@ -429,7 +433,7 @@ def stored_state(state: dict) -> dict:
             continue
         scale = state.get(key + INT8_SCALE)
         if scale is not None:
-            value = value.float() * scale.float().view((-1,) + (1,) * (value.dim() - 1))
+            value = value.float() * per_slice(scale, value.dim())
         out[key] = value.float() if value.is_floating_point() else value
     return out
 

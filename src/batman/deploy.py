@@ -117,9 +117,8 @@ class StepGraph(nn.Module):
             state["temporal"], state["head"] = self.model.reset(state["temporal"], state["head"], x,
                                                                 self.model.head.colours)
         feats, temporal = self.model.temporal(feats.unsqueeze(1), state["temporal"])
-        single = self.model.single_frame(x.unsqueeze(1))
         y, head = self.model.head(feats, x.unsqueeze(1), state["head"], valid=(h, w),
-                                  **({} if single is None else {"single": single}))
+                                  single=self.model.single_frame(x.unsqueeze(1)))
         leaves = pytree.tree_leaves({"temporal": temporal, "head": head, **aligned, **({"mean": mean} if mean else {})})
         return (y[:, 0, :, :h * s, :w * s], *leaves)
 

@@ -78,9 +78,9 @@ class ShuffleHead(nn.Module):
         self.conv = nn.Conv2d(cfg.hidden + extra, 3 * (4 * cfg.scale) ** 2, 3, padding=1)
         self.shuffle = nn.PixelShuffle(4 * cfg.scale)
 
-    def forward(self, feats, frames, state, with_base: bool = False, valid=None):
+    def forward(self, feats, frames, state, with_base: bool = False, valid=None, single=None):
         """feats (B, T, F, H/4, W/4), frames (B, T, C, H, W) -> (y (B, T, 3, sH, sW), state).
-        `with_base` is the recursive head's (no filter here: VideoNet refuses it before)."""
+        `with_base` and `single` are the recursive head's (no filter here: VideoNet refuses them before)."""
         x = feats.flatten(0, 1)
         if self.mean_input:
             mean, state = running_mean(frames, state)
@@ -104,7 +104,7 @@ class SkipHead(nn.Module):
             nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, 3, 3, padding=1))
 
-    def forward(self, feats, frames, state, with_base: bool = False, valid=None):
+    def forward(self, feats, frames, state, with_base: bool = False, valid=None, single=None):
         parts = [self.up(feats.flatten(0, 1)), upsample(frames.flatten(0, 1), self.scale)]
         if self.mean_input:
             mean, state = running_mean(frames, state)
@@ -262,13 +262,11 @@ class RecursiveHead(nn.Module):
         previous, age = smoothed if smoothed else (None, 0)
         outs, bases = [], []
         for i in range(t):
-            args = (up[:, i], frames[:, i], m, 1.0 / (count + 1), valid)
+            args = (up[:, i], frames[:, i], m, 1.0 / (count + 1), valid, None if single is None else single[:, i])
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 y, m, base, k = checkpoint(self.frame, *args, use_reentrant=False)
             else:
                 y, m, base, k = self.frame(*args)
-            if single is not None:
-                y = self.take_single_frame(y, single[:, i], k, frames[:, i], valid)
             if self.output_smoothing:
                 y = previous = self.smooth(y, previous, k, age, count)
                 age = age + 1
@@ -279,9 +277,9 @@ class RecursiveHead(nn.Module):
         y, state = torch.stack(outs, 1), (m, count) + ((previous, age) if self.output_smoothing else ())
         return (y, state, torch.stack(bases, 1)) if with_base else (y, state)
 
-    def frame(self, up, x, m, first_weight, valid=None):
+    def frame(self, up, x, m, first_weight, valid=None, single=None):
         """One frame: (output, new filter state, base on the output grid, gate k). `first_weight` = 1/t, the weight
-        of a plain running mean. The body's and the residual's first convs read [up, x, m(, evidence)] and
+        of a plain running mean; `single`: the single-frame U-Net's output for it (`take_single_frame`) or None. The body's and the residual's first convs read [up, x, m(, evidence)] and
         [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to
         float rounding, tests/test_model.py). The denoiser's correction joins the residual's before their
         common PixelShuffle (a linear rearrangement: the same as shuffling each)."""
@@ -300,17 +298,20 @@ class RecursiveHead(nn.Module):
         residual = self.residual[-1](correction)
         if self.residual_rule or self.residual_cap:
             residual = self.weighed_residual(residual, x, held, sigma, valid)
-        return base_out + residual, m, base_out, k
+        y = base_out + residual
+        if single is not None:
+            rule = self.rule_weight(x, sigma, valid) if self.residual_rule else 1.0
+            y = self.take_single_frame(y, single, k, rule)
+        return y, m, base_out, k
 
-    def take_single_frame(self, y, single, k, x, valid=None) -> torch.Tensor:
-        """y + min(1, k / G) w (single - y), G = cfg.single_frame_gate, w the residual rule's weight of frame x
-        (`rule_weight`; 1 without cfg.residual_rule). Why: where the camera moved (k near 1) the filter holds about
+    def take_single_frame(self, y, single, k, rule) -> torch.Tensor:
+        """y + min(1, k / G) w (single - y), G = cfg.single_frame_gate, w = `rule` the residual rule's weight of the
+        frame (`rule_weight`; 1 without cfg.residual_rule). Why: where the camera moved (k near 1) the filter holds about
         one frame and the residual denoises it less well than a U-Net trained on single frames (2.7 dB less on a
         held-out pan and rotation); where the scene is still (k near 1/t) the filter's average of t frames wins
         and the U-Net only adds its independent estimate of what noise is left. On frames clean enough that the
         rule steps the residual back, the U-Net's output is a correction of the same kind and steps back too
         (G fitted on training videos: docs/RESULTS.md, twentieth session)."""
-        rule = self.rule_weight(x, self.frame_sigma(x, valid), valid) if self.residual_rule else 1.0
         weight = (k / self.single_frame_gate).clamp(max=1.0) * rule
         return torch.lerp(y, single.to(y.dtype), weight.to(y.dtype))
 
@@ -548,7 +549,7 @@ class VideoNet(nn.Module):
         else:
             feats, temporal_state = self.temporal(feats.unflatten(0, (b, t)), state.get("temporal"))
             y, head_state, *base = self.head(feats, frames.unflatten(0, (b, t)), state.get("head"), with_base,
-                                             valid=(h, w), **({"single": single} if single is not None else {}))
+                                             valid=(h, w), single=single)
             state = {"temporal": temporal_state, "head": head_state}
             base = base[0] if base else None
         if mean_state is not None:
@@ -592,8 +593,8 @@ class VideoNet(nn.Module):
                 recurrent["temporal"], recurrent["head"] = self.reset(recurrent["temporal"], recurrent["head"],
                                                                       frames[:, i], self.head.colours)
             f, temporal_state = self.temporal(feats[:, i:i + 1], recurrent["temporal"])
-            extra = {} if single is None else {"single": single[:, i:i + 1]}
-            y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base, valid, **extra)
+            y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base, valid,
+                                             None if single is None else single[:, i:i + 1])
             state = {"temporal": temporal_state, "head": head_state}
             if self.align is not None:
                 state["align"] = previous
