@@ -125,3 +125,13 @@ def test_resolve_model_prints_its_choice(tmp_path, monkeypatch, capsys):
     assert ckpt.resolve_model(None) == ckpt.RUNS / "r" / "epoch_1_loss_0.5000.pt"
     assert f"model: {ckpt.RUNS / 'r' / 'epoch_1_loss_0.5000.pt'} (best checkpoint of run r" in capsys.readouterr().out
     assert ckpt.resolve_model(run / "x.pt") == run / "x.pt"
+
+
+def test_resolve_model_takes_a_run_folder_as_its_best_checkpoint(tmp_path, capsys):
+    """--model RUN_FOLDER: the run's best epoch checkpoint, printed; a folder without one is a one-line error."""
+    run = fake_run(tmp_path, "r", make_config("cpu"), losses=(0.5, 0.2, 0.3))
+    assert ckpt.resolve_model(run) == run / "epoch_2_loss_0.2000.pt"
+    assert "best checkpoint of run r: epoch 2, validation loss 0.2000)" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BatmanError, match="no epoch checkpoint in run folder .*empty"):
+        ckpt.resolve_model(tmp_path / "empty")

@@ -248,6 +248,15 @@ def same_run_config(saved: Config, cfg: Config) -> bool:
     return saved == cfg
 
 
+def run_best(folder: Path) -> tuple[Path, str] | None:
+    """The best epoch checkpoint of a run folder and an unclosed line saying which, or None when it has none."""
+    found = epoch_checkpoints(folder)
+    if not found:
+        return None
+    loss, epoch, path = found[0]
+    return path, f"model: {path} (best checkpoint of run {folder.name}: epoch {epoch}, validation loss {loss:.4f}"
+
+
 def find_default_model(runs: str | Path = RUNS) -> tuple[Path, str]:
     """The checkpoint that evaluate and export use without --model, and a line saying which and why:
     the best epoch checkpoint of the newest run folder that has one (a user who trained expects their own
@@ -255,13 +264,11 @@ def find_default_model(runs: str | Path = RUNS) -> tuple[Path, str]:
     runs = Path(runs)
     folders = run_folders(runs)
     for i, folder in enumerate(folders):
-        found = epoch_checkpoints(folder)
-        if found:
-            loss, epoch, path = found[0]
+        best = run_best(folder)
+        if best:
             which = (f"the newest of {len(folders)} runs in {runs}/" if not i else
                      f"the newest with a checkpoint of {len(folders)} runs in {runs}/, {i} newer without one yet")
-            return path, (f"model: {path} (best checkpoint of run {folder.name}: epoch {epoch}, validation loss "
-                          f"{loss:.4f}; {which}; --model PATH picks another)")
+            return best[0], f"{best[1]}; {which}; --model PATH picks another)"
     if SHIPPED.is_file():
         return SHIPPED, (f"model: {SHIPPED} (the shipped default weights, see docs/MODEL_CARD.md; no run in "
                          f"{runs}/ has a checkpoint; --model PATH picks another)")
@@ -270,7 +277,14 @@ def find_default_model(runs: str | Path = RUNS) -> tuple[Path, str]:
 
 
 def resolve_model(path: str | Path | None) -> Path:
-    """`path`, or without one the default model (find_default_model), printing which was chosen."""
+    """`path` (a run folder: its best epoch checkpoint), or without one the default model (find_default_model),
+    printing which was chosen."""
+    if path and Path(path).is_dir():
+        best = run_best(Path(path))
+        if best is None:
+            raise BatmanError(f"no epoch checkpoint in run folder {path}/: pass a checkpoint file, or train first")
+        print(best[1] + ")", flush=True)
+        return best[0]
     if path:
         return Path(path)
     path, description = find_default_model()

@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("evaluate", cmd_evaluate, "PSNR/SSIM/MABD of a checkpoint and the baselines")
     sp.add_argument("--root", required=True, type=Path, help="data set in the DRV layout")
     sp.add_argument("--model", type=Path, default=None,
-                    help="checkpoint (default: the best of the newest run in runs/, else the shipped weights; printed)")
+                    help="checkpoint, or a run folder (its best checkpoint) (default: the best of the newest run in "
+                         "runs/, else the shipped weights; printed)")
     sp.add_argument("--compare", type=Path, nargs="*", default=[], help="other checkpoints in the table")
     sp.add_argument("--baselines", nargs="*", default=["traditional", "mean"], metavar="NAME",
                     help="classical baselines in the table: traditional, mean, bm3d, mean-bm3d, bm4d "
@@ -303,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--root", type=Path, help="a data set in the DRV layout")
     src.add_argument("--input", type=Path, help="a folder of raw frames (not a data set)")
     sp.add_argument("--model", type=Path, default=None,
-                    help="checkpoint (default: the best of the newest run in runs/, else the shipped weights; printed)")
+                    help="checkpoint, or a run folder (its best checkpoint) (default: the best of the newest run in "
+                         "runs/, else the shipped weights; printed)")
     sp.add_argument("--out", type=Path, default=Path("result"), help="folder for video/ and frames/")
     sp.add_argument("--split", default="test", help="train | val | test | dynamic")
     sp.add_argument("--videos", nargs="*", default=None, help="only these video ids (default: all)")
@@ -347,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export-model", cmd_export_model, "write a model's streaming step(frame, state) as ONNX")
     sp.add_argument("--format", default="onnx", choices=["onnx"], help="the file format")
     sp.add_argument("--model", type=Path, default=None,
-                    help="checkpoint or weights (default: the default model, printed; with --lite an untrained one)")
+                    help="checkpoint, weights or a run folder (default: the default model, printed; with --lite an "
+                         "untrained one)")
     sp.add_argument("--lite", action="store_true", help="a model.size=lite model (with --model: checked)")
     sp.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
 
