@@ -58,7 +58,8 @@ def video(h, w, t=16, seed=1):
                                                ({"model.state_reset": True}, 3),
                                                ({"model.output_smoothing": 3.0, "model.state_reset": True}, 6),
                                                ({"model.output_smoothing": 3.0, "model.smoothing_ramp": True}, 6),
-                                               ({"model.single_frame": True, "model.output_smoothing": 3.0}, 4)])
+                                               ({"model.single_frame": True, "model.output_smoothing": 3.0}, 4),
+                                               ({"model.single_frame": True, "model.single_frame_input": "filter", "model.output_smoothing": 3.0}, 4)])
 def test_onnx_matches_pytorch_on_a_video(tmp_path, overrides, frames):
     cfg = make_config("", overrides)
     model = perturbed_model(cfg)

@@ -86,7 +86,7 @@ def test_convlstm_stack_starts_from_zeros_and_feeds_layers_upwards():
                                  tiny(name="clstm", state_reset=True),
                                  tiny(name="clstm", residual_rule=2.0, residual_cap=0.02, scale=2),
                                  tiny(name="clstm", head="recursive", single_frame=True, output_smoothing=2.0,
-                                      align="camera")],
+                                      align="camera", single_frame_input="filter")],
                          ids=["clstm", "clstm-mean-shuffle", "clstm-mean-skip", "conv3d", "conv3d-t2-mean", "unet",
                               "clstm-recursive", "conv3d-recursive-x2", "clstm-encoder-mean-fixed",
                               "clstm-evidence-denoiser-x2", "clstm-state-reset", "clstm-residual-rule-cap-x2",
@@ -723,6 +723,42 @@ def test_single_frame_path_is_taken_where_the_gate_opens():
     for kw in ({"head": "skip"}, {"head": "recursive", "scale": 2}):
         with pytest.raises(BatmanError, match="model.single_frame takes the U-Net's output"):
             build_model(tiny(single_frame=True, **kw), 4)
+
+
+def test_single_frame_path_can_read_the_filter_state():
+    """model.single_frame_input=filter: the U-Net denoises lerp(m_t, x_t, share), the updated filter state turning
+    into the frame by the output's share min(1, k / G), not the frame; where the camera moved, the frame. The first
+    frame (state = frame) is unchanged; the same weights; clip = frame-by-frame steps."""
+    torch.manual_seed(0)
+    frame_path = build_model(tiny(head="recursive", single_frame=True, single_frame_gate=0.5), 4).eval()
+    with torch.no_grad():
+        frame_path.head.residual[-2].weight.normal_(0, 0.05)
+    filter_path = build_model(tiny(head="recursive", single_frame=True, single_frame_gate=0.5,
+                                   single_frame_input="filter"), 4).eval()
+    filter_path.load_state_dict(frame_path.state_dict())
+    x = clip(t=3)
+    k = 1 / 3 + (1 - 1 / 3) * torch.sigmoid(filter_path.head.gate.bias)  # the untrained gate on the third frame
+    share = (k / 0.5).clamp(max=1)
+    with torch.no_grad():
+        y_frame, (y_filter, state) = frame_path(x)[0], filter_path(x)
+        steps = run_steps(filter_path, x)[0]
+        m3 = state["head"][0]
+        u_state, u_frame = filter_path.single(torch.lerp(m3, x[:, 2], share)), filter_path.single(x[:, 2])
+        filter_path.head.single_frame_gate = 1e9
+        ours = filter_path(x)[0]
+    assert torch.allclose(y_filter[:, 0], y_frame[:, 0], atol=1e-6)  # batched over frames or not: rounding
+    assert torch.allclose(y_filter[:, 2], torch.lerp(ours[:, 2], u_state, share), atol=1e-5)
+    assert not torch.allclose(u_state, u_frame, atol=1e-3)  # the state, not the frame, was denoised
+    assert (y_filter[:, 2] - y_frame[:, 2]).abs().max() > 1e-4
+    assert torch.allclose(y_filter, steps, atol=1e-5)
+    head, kk = filter_path.head, torch.full((2, 1, 64, 64), 0.1)
+    head.single_frame_gate = 0.5
+    m, frame = torch.zeros(2, 4, 64, 64), torch.ones(2, 4, 64, 64)
+    assert torch.equal(head.single_frame_input(frame, m, kk, False), frame)  # the camera moved: the frame
+    moved_second = head.single_frame_input(frame, m, kk, torch.tensor([True, False]))
+    assert torch.equal(moved_second[1], frame[1]) and torch.allclose(moved_second[0], torch.full_like(m[0], 0.2))
+    with pytest.raises(BatmanError, match="unknown model.single_frame_input"):
+        build_model(tiny(head="recursive", single_frame=True, single_frame_input="mean"), 4)
 
 
 def test_output_smoothing_needs_the_recursive_head_at_scale_1():

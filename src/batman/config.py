@@ -131,6 +131,9 @@ class ModelCfg:
                               # (u - y) before the smoothing (RecursiveHead.take_single_frame): where the camera
                               # moved the filter holds one frame, and a U-Net denoises one frame better
     single_frame_gate: float = 0.5  # with single_frame: the gate k at which the output is the U-Net's alone
+    single_frame_input: str = "frame"  # with single_frame: the U-Net denoises the frame (frame) or the filter
+                              # state after the frame's update (filter): on a still scene the average of t frames,
+                              # whose error changes little from frame to frame; where the gate opens, the frame
     noise_input: bool = False # recursive head: its residual and denoiser also read the noise the filter state
                               # still holds, per pixel (log, one channel; model/residual.py): told how much noise
                               # is left, a trained residual need not guess it from content it has seen
@@ -390,7 +393,7 @@ CHECKS: dict[str, Check] = {
     "model.residual_cap": _real(0, 1e3),
     "model.residual_cap_block": _block(32), "model.residual_cap_mean": _flag, "model.output_smoothing": _real(0, 1e3),
     "model.smoothing_ramp": _flag, "model.single_frame": _flag,
-    "model.single_frame_gate": _real(0, 1e3, above_lo=True),
+    "model.single_frame_gate": _real(0, 1e3, above_lo=True), "model.single_frame_input": _choice("frame", "filter"),
     "model.noise_input": _flag,
     "train.lr": _real(0), "train.weight_decay": _real(0), "train.batch": _int(1, 4096),
     "train.epochs": _int(1, 1_000_000), "train.steps_per_epoch": _int(0, 10**9), "train.val_clips": _int(0, 10**9),
@@ -425,7 +428,8 @@ def validate(cfg: Config) -> Config:
 # Settings that change no weight: `release --set` may change them, and `train --init` may switch them.
 RELEASE_KEYS = ("model.residual_rule", "model.residual_cap", "model.residual_cap_block", "model.residual_cap_mean",
                 "model.align_to", "model.align_rating", "model.align_margin", "model.output_smoothing",
-                "model.smoothing_ramp", "model.single_frame_gate", "data.exposure_level")
+                "model.smoothing_ramp", "model.single_frame_gate", "model.single_frame_input",
+                "data.exposure_level")
 
 # Command-line options outside Config, checked the same way: (command, option) -> check.
 OPTION_CHECKS: dict[tuple[str, str], Check] = {

@@ -45,6 +45,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tens
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
+def frame_of(single, i: int, keep_dim: bool = False):
+    """Frame i of the single-frame path (`VideoNet.single_frame`): its output there when the path is outputs
+    (B, T, ...), the path itself when it is the U-Net (it runs inside the head), None when there is none."""
+    if not isinstance(single, torch.Tensor):
+        return single
+    return single[:, i:i + 1] if keep_dim else single[:, i]
+
+
 def detach_state(state):
     """The same nested state (dicts, lists, tuples of tensors) cut from the graph, for truncated BPTT."""
     if isinstance(state, torch.Tensor):
@@ -193,7 +201,9 @@ class RecursiveHead(nn.Module):
     weights, they need no training. So is cfg.output_smoothing = S (`smooth`): the output itself follows the
     gate, y'_t = y'_{t-1} + min(1, S k_t) (y_t - y'_{t-1}); the state then carries y' and how many frames it
     has smoothed (`restart_smoothing` zeroes that where the camera moved). With cfg.single_frame the output takes
-    a single-frame U-Net's where the gate opens (`take_single_frame`), before the smoothing.
+    a single-frame U-Net's where the gate opens (`take_single_frame`), before the smoothing; the U-Net reads the
+    frame, or with cfg.single_frame_input = filter the updated filter state where the scene is still
+    (`single_frame_input`).
     """
 
     def __init__(self, cfg: ModelCfg, in_ch: int, packed: bool = True):
@@ -254,15 +264,17 @@ class RecursiveHead(nn.Module):
     def forward(self, feats, frames, state, with_base: bool = False, valid=None, single=None):
         """-> (y, state), or (y, state, base) with `with_base`: base (B, T, 3, sH, sW) is the filter state
         alone through the pipeline, which train.filter_weight supervises. `valid`: (H, W) of the frames before
-        their padding, where the residual's weights take their statistics (None: all of it). `single`: the
-        single-frame U-Net's outputs (B, T, 3, H, W) with cfg.single_frame, else None."""
+        their padding, where the residual's weights take their statistics (None: all of it). `single`: with
+        cfg.single_frame the single-frame path (`VideoNet.single_frame`: the U-Net's outputs (B, T, 3, H, W), or the
+        U-Net itself to run on the filter state), else None."""
         b, t = feats.shape[:2]
         up = self.up(feats.flatten(0, 1)).unflatten(0, (b, t))
         m, count, *smoothed = state if state is not None else (frames[:, 0], 0)
         previous, age = smoothed if smoothed else (None, 0)
         outs, bases = [], []
         for i in range(t):
-            args = (up[:, i], frames[:, i], m, 1.0 / (count + 1), valid, None if single is None else single[:, i])
+            still = age > 0 if self.output_smoothing else True  # the smoothing's age restarts where the camera moved
+            args = (up[:, i], frames[:, i], m, 1.0 / (count + 1), valid, frame_of(single, i), still)
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 y, m, base, k = checkpoint(self.frame, *args, use_reentrant=False)
             else:
@@ -277,9 +289,12 @@ class RecursiveHead(nn.Module):
         y, state = torch.stack(outs, 1), (m, count) + ((previous, age) if self.output_smoothing else ())
         return (y, state, torch.stack(bases, 1)) if with_base else (y, state)
 
-    def frame(self, up, x, m, first_weight, valid=None, single=None):
+    def frame(self, up, x, m, first_weight, valid=None, single=None, still=True):
         """One frame: (output, new filter state, base on the output grid, gate k). `first_weight` = 1/t, the weight
-        of a plain running mean; `single`: the single-frame U-Net's output for it (`take_single_frame`) or None. The body's and the residual's first convs read [up, x, m(, evidence)] and
+        of a plain running mean; `single`: the single-frame U-Net's output for it, or the U-Net to run on
+        `single_frame_input` (cfg.single_frame_input = filter; `still`: whether the camera held still before the
+        frame, bool or (B,)), or None (`take_single_frame`). The body's and the
+        residual's first convs read [up, x, m(, evidence)] and
         [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to
         float rounding, tests/test_model.py). The denoiser's correction joins the residual's before their
         common PixelShuffle (a linear rearrangement: the same as shuffling each)."""
@@ -301,6 +316,8 @@ class RecursiveHead(nn.Module):
         y = base_out + residual
         if single is not None:
             rule = self.rule_weight(x, sigma, valid) if self.residual_rule else 1.0
+            if not isinstance(single, torch.Tensor):
+                single = single(self.single_frame_input(x, m, k, still))
             y = self.take_single_frame(y, single, k, rule)
         return y, m, base_out, k
 
@@ -311,9 +328,23 @@ class RecursiveHead(nn.Module):
         held-out pan and rotation); where the scene is still (k near 1/t) the filter's average of t frames wins
         and the U-Net only adds its independent estimate of what noise is left. On frames clean enough that the
         rule steps the residual back, the U-Net's output is a correction of the same kind and steps back too
-        (G fitted on training videos: docs/RESULTS.md, twentieth session)."""
+        (G fitted on training videos: docs/RESULTS.md, twentieth session). With cfg.single_frame_input = filter,
+        `single` is the U-Net's output for `single_frame_input`, where the scene is still the filter state."""
         weight = (k / self.single_frame_gate).clamp(max=1.0) * rule
         return torch.lerp(y, single.to(y.dtype), weight.to(y.dtype))
+
+    def single_frame_input(self, x, m, k, still) -> torch.Tensor:
+        """What the U-Net reads with cfg.single_frame_input = filter: lerp(m, x, min(1, k / G)), the updated filter
+        state m turning into the frame x as the gate opens by the share the output takes; the frame where the
+        camera moved (`still` False). Why: on a still scene m averages t frames, and the U-Net's output for it is
+        less noisy and changes less from frame to frame (a third less MABD error on still training videos);
+        where the camera moved the warped state is blurred by the resampling, and the U-Net kept it so (-2.4 dB
+        on a training pan); by the gate's share, objects that move keep the frame's detail (docs/RESULTS.md,
+        twenty-first session)."""
+        blend = torch.lerp(m, x, (k / self.single_frame_gate).clamp(max=1.0).to(m.dtype))
+        if isinstance(still, torch.Tensor):
+            return torch.where(still.view(-1, 1, 1, 1), blend, x)
+        return blend if still else x
 
     def smooth(self, y: torch.Tensor, previous: torch.Tensor | None, k: torch.Tensor, age, count) -> torch.Tensor:
         """cfg.output_smoothing S: y' = previous + min(1, S k) (y - previous). Why: on a still scene the gate keeps
@@ -530,6 +561,9 @@ class VideoNet(nn.Module):
             raise BatmanError("model.single_frame takes the U-Net's output where the recursive head's gate opens: it "
                               "needs model.head=recursive and model.scale=1")
         self.single = SIDUNet(in_channels, cfg.scale) if cfg.single_frame else None
+        if cfg.single_frame_input not in ("frame", "filter"):
+            raise BatmanError(f"unknown model.single_frame_input {cfg.single_frame_input!r}; choose frame or filter")
+        self.single_from_filter = cfg.single_frame_input == "filter"
 
     def forward(self, x: torch.Tensor, state: dict | None = None, with_base: bool = False):
         """-> (y, state), or (y, state, base) with `with_base` (the recursive head's filter state through
@@ -557,11 +591,12 @@ class VideoNet(nn.Module):
         crop = (..., slice(0, h * self.scale), slice(0, w * self.scale))
         return (y[crop], state, base[crop]) if with_base else (y[crop], state)
 
-    def single_frame(self, frames: torch.Tensor) -> torch.Tensor | None:
-        """(B, T, C, H, W) padded frames -> the single-frame U-Net's outputs (B, T, 3, H, W), or None without
-        cfg.single_frame."""
-        if self.single is None:
-            return None
+    def single_frame(self, frames: torch.Tensor) -> torch.Tensor | nn.Module | None:
+        """(B, T, C, H, W) padded frames -> the single-frame path the head takes: the U-Net's outputs (B, T, 3, H, W);
+        with cfg.single_frame_input = filter the U-Net itself, which the head runs on each updated filter state
+        (it exists only there); None without cfg.single_frame."""
+        if self.single is None or self.single_from_filter:
+            return self.single
         return self.single(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
 
     def encoder_input(self, frames: torch.Tensor, mean_state):
@@ -594,7 +629,7 @@ class VideoNet(nn.Module):
                                                                       frames[:, i], self.head.colours)
             f, temporal_state = self.temporal(feats[:, i:i + 1], recurrent["temporal"])
             y, head_state, *base = self.head(f, frames[:, i:i + 1], recurrent["head"], with_base, valid,
-                                             None if single is None else single[:, i:i + 1])
+                                             frame_of(single, i, keep_dim=True))
             state = {"temporal": temporal_state, "head": head_state}
             if self.align is not None:
                 state["align"] = previous
