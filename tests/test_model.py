@@ -387,9 +387,9 @@ def concatenating_fusion(mff, feats):
     return mff.fuse(torch.cat(ups, 1))
 
 
-def concatenating_head_frame(head, up, x, m, first_weight, valid=None, single=None):
+def concatenating_head_frame(head, up, x, m, first_weight, valid=None, single=None, still=True):
     """RecursiveHead.frame with its convolutions on concatenated inputs (the formulation before the split; the
-    models here have no single-frame path, `single` is None)."""
+    models here have no single-frame path, `single` is None and `still` unused)."""
     hidden = head.body(torch.cat([up, x, m], 1))
     k = first_weight + (1.0 - first_weight) * torch.sigmoid(head.gate(hidden).float())
     m = m + k * (x - m)

@@ -335,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OTHER's share of the average, above 0 up to 1 (default 0.5)")
     sp.add_argument("--single-frame", type=Path, default=None, metavar="UNET",
                     help="released U-Net weights (model.name=unet) to join as the single-frame path: the output "
-                         "takes the U-Net's where the gate opens (model.single_frame_gate, default 0.5)")
+                         "takes the U-Net's where the gate opens (model.single_frame_gate, default 0.7); "
+                         "--set model.single_frame_input=filter: the U-Net reads the filter state where the scene "
+                         "is still, as the shipped weights do")
     sp.add_argument("--int8", action="store_true",
                     help="store the large weight tensors as int8 with a float16 scale per output channel (about "
                          "half the size; loaded back as float32)")

@@ -130,7 +130,8 @@ class ModelCfg:
                               # and the output takes it where the gate opens, y + min(1, k / single_frame_gate)
                               # (u - y) before the smoothing (RecursiveHead.take_single_frame): where the camera
                               # moved the filter holds one frame, and a U-Net denoises one frame better
-    single_frame_gate: float = 0.5  # with single_frame: the gate k at which the output is the U-Net's alone
+    single_frame_gate: float = 0.7  # with single_frame: the gate k at which the output is the U-Net's alone
+                              # (0.7: fitted on training videos, Makefile single_frame_gate)
     single_frame_input: str = "frame"  # with single_frame: the U-Net denoises the frame (frame) or the filter
                               # state after the frame's update (filter): on a still scene the average of t frames,
                               # whose error changes little from frame to frame; where the gate opens, the frame
