@@ -293,11 +293,10 @@ class RecursiveHead(nn.Module):
         """One frame: (output, new filter state, base on the output grid, gate k). `first_weight` = 1/t, the weight
         of a plain running mean; `single`: the single-frame U-Net's output for it, or the U-Net to run on
         `single_frame_input` (cfg.single_frame_input = filter; `still`: whether the camera held still before the
-        frame, bool or (B,)), or None (`take_single_frame`). The body's and the
-        residual's first convs read [up, x, m(, evidence)] and
-        [hidden, base] as conv_of_concat: no full-resolution concatenation is written (the same result up to
-        float rounding, tests/test_model.py). The denoiser's correction joins the residual's before their
-        common PixelShuffle (a linear rearrangement: the same as shuffling each)."""
+        frame, bool or (B,)), or None (`take_single_frame`). The body's and the residual's first convs read
+        [up, x, m(, evidence)] and [hidden, base] as conv_of_concat: no full-resolution concatenation is written
+        (the same result up to float rounding, tests/test_model.py). The denoiser's correction joins the residual's
+        before their common PixelShuffle (a linear rearrangement: the same as shuffling each)."""
         parts = [up, x, m] + ([mismatch_evidence(self.colours(x), self.colours(m))] if self.evidence else [])
         hidden = self.body[1:](conv_of_concat(self.body[0], parts))
         k = first_weight + (1.0 - first_weight) * torch.sigmoid(self.gate(hidden).float())
@@ -330,8 +329,13 @@ class RecursiveHead(nn.Module):
         rule steps the residual back, the U-Net's output is a correction of the same kind and steps back too
         (G fitted on training videos: docs/RESULTS.md, twentieth session). With cfg.single_frame_input = filter,
         `single` is the U-Net's output for `single_frame_input`, where the scene is still the filter state."""
-        weight = (k / self.single_frame_gate).clamp(max=1.0) * rule
+        weight = self.single_frame_share(k) * rule
         return torch.lerp(y, single.to(y.dtype), weight.to(y.dtype))
+
+    def single_frame_share(self, k: torch.Tensor) -> torch.Tensor:
+        """min(1, k / G), G = cfg.single_frame_gate: how far the output moves to the U-Net's (before the rule's
+        weight), and with cfg.single_frame_input = filter how far the U-Net's input moves from state to frame."""
+        return (k / self.single_frame_gate).clamp(max=1.0)
 
     def single_frame_input(self, x, m, k, still) -> torch.Tensor:
         """What the U-Net reads with cfg.single_frame_input = filter: lerp(m, x, min(1, k / G)), the updated filter
@@ -341,7 +345,7 @@ class RecursiveHead(nn.Module):
         where the camera moved the warped state is blurred by the resampling, and the U-Net kept it so (-2.4 dB
         on a training pan); by the gate's share, objects that move keep the frame's detail (docs/RESULTS.md,
         twenty-first session)."""
-        blend = torch.lerp(m, x, (k / self.single_frame_gate).clamp(max=1.0).to(m.dtype))
+        blend = torch.lerp(m, x, self.single_frame_share(k).to(m.dtype))
         if isinstance(still, torch.Tensor):
             return torch.where(still.view(-1, 1, 1, 1), blend, x)
         return blend if still else x
