@@ -616,7 +616,7 @@ class VideoNet(nn.Module):
         """Frame by frame, for what acts between frames: with cfg.align the flow from the previous frame warps
         the states onto the new frame; with cfg.state_reset the frame's departure from the filter state scales
         the temporal memory down and pulls the filter towards the frame. -> (y, state, base or None).
-        `valid`: the head's (H, W) before padding; `single`: the single-frame U-Net's outputs or None."""
+        `valid`: the head's (H, W) before padding; `single`: the single-frame path (`single_frame`) or None."""
         outs, bases = [], []
         for i in range(feats.shape[1]):
             recurrent = {"temporal": state.get("temporal"), "head": state.get("head")}
